@@ -1,0 +1,68 @@
+"""Celery settings for bookfeed (lowercase module settings, loaded by workers.app). Each choice names the failure
+it covers; see README "Delivery promise"."""
+
+from __future__ import annotations
+
+from models.errors import ConfigError
+from models.messages import AVERAGES_TASK, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE
+from models.settings import get_settings
+
+try:
+    _settings = get_settings()
+except ConfigError as _exc:  # one readable line instead of a traceback from the celery command
+    raise SystemExit(f"bookfeed: {_exc}") from None
+
+broker_url = _settings.redis_url or "redis://127.0.0.1:6379/0"
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    # A reserved but unacknowledged task is redelivered after this long: longer than any batch (well under 1 s) plus
+    # the longest retry countdown, so a slow task is never run twice while its first run is alive.
+    "visibility_timeout": _settings.visibility_timeout_s,
+}
+
+# Results are never read: storing them would only fill Redis.
+task_ignore_result = True
+result_backend = None
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# Acknowledge after the batch is committed: a worker that dies mid-batch leaves the task to be delivered again.
+task_acks_late = True
+# ...and when the child process is killed (SIGKILL, OOM) requeue the task instead of acknowledging it as failed.
+task_reject_on_worker_lost = True
+# One reserved task per process: a dying worker strands at most one batch per child until redelivery.
+worker_prefetch_multiplier = 1
+# Ingest retries (PostgreSQL down) must not be held as ETA tasks longer than the visibility timeout.
+task_default_retry_delay = 2
+
+task_default_queue = INGEST_QUEUE
+task_routes = {
+    INGEST_TASK: {"queue": INGEST_QUEUE},
+    AVERAGES_TASK: {"queue": METRICS_QUEUE},
+}
+
+# Flower needs task events.
+worker_send_task_events = True
+task_send_sent_event = False
+worker_hijack_root_logger = False
+
+# Exactly one beat runs these (docker-compose pins beat to one replica). A second beat by mistake is harmless: the
+# tasks upsert the same rows. `expires` drops runs that could not start in time instead of piling them up.
+beat_schedule = {
+    "price-averages-30s": {
+        "task": AVERAGES_TASK,
+        "schedule": 30.0,
+        "kwargs": {"window_s": 30},
+        "options": {"expires": 25, "queue": METRICS_QUEUE},
+    },
+    "price-averages-60s": {
+        "task": AVERAGES_TASK,
+        "schedule": 60.0,
+        "kwargs": {"window_s": 60},
+        "options": {"expires": 50, "queue": METRICS_QUEUE},
+    },
+}

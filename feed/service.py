@@ -1,0 +1,131 @@
+"""The feed process: websocket reader -> batcher -> publisher thread -> Redis, with live stats in Redis."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from feed.batcher import Batcher
+from feed.publisher import PendingBatch, Publisher, make_celery_sender
+from feed.stream import StreamClient
+
+__all__ = ["STATS_PREFIX", "FeedConfig", "read_feed_stats", "run_feed"]
+
+logger = logging.getLogger(__name__)
+
+STATS_PREFIX = "bookfeed:feed:stats:"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    url: str
+    redis_url: str
+    batch_max_frames: int = 200
+    batch_max_wait_ms: int = 100
+    buffer_max_frames: int = 200_000
+    silence_timeout_s: float = 30.0
+    max_connection_age_s: float = 23.5 * 3600
+    max_frame_bytes: int = 1 << 20
+    max_reconnect_attempts: int = 0
+    duration_s: float | None = None
+
+
+def run_feed(
+    cfg: FeedConfig,
+    *,
+    stop: threading.Event | None = None,
+    send: Callable[[PendingBatch], None] | None = None,
+    install_signals: bool = True,
+) -> dict[str, Any]:
+    """Run until `stop` is set, SIGTERM/SIGINT, or `duration_s`; then publish what is buffered and return stats."""
+    stop = stop or threading.Event()
+    feed_id = uuid.uuid4().hex[:12]
+    publisher = Publisher(send or make_celery_sender(cfg.redis_url), max_buffered_frames=cfg.buffer_max_frames,
+                          feed_id=feed_id)
+    batcher = Batcher(max_frames=cfg.batch_max_frames, max_wait_ms=cfg.batch_max_wait_ms, emit=publisher.enqueue,
+                      clock_ns=time.monotonic_ns)
+    gaps: list[tuple[int, int, str]] = []
+
+    def on_gap(start_ns: int, end_ns: int, reason: str) -> None:
+        gaps.append((start_ns, end_ns, reason))
+        logger.warning("feed gap of %.1fs (%s)", (end_ns - start_ns) / 1e9, reason)
+
+    client = StreamClient(
+        cfg.url,
+        on_frame=lambda ns, raw: batcher.add((ns, raw)),
+        on_gap=on_gap,
+        silence_timeout_s=cfg.silence_timeout_s,
+        max_connection_age_s=cfg.max_connection_age_s,
+        max_frame_bytes=cfg.max_frame_bytes,
+        max_reconnect_attempts=cfg.max_reconnect_attempts,
+    )
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    reader_done = threading.Event()
+    pub_stop = threading.Event()
+    pub_thread = threading.Thread(target=publisher.run, args=(pub_stop,), name="publisher", daemon=True)
+    pub_thread.start()
+    stats_client = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    def snapshot() -> dict[str, Any]:
+        s, p = client.stats, publisher.stats
+        return {
+            "feed_id": feed_id, "connected": s.connected, "frames": s.frames, "duplicates": s.duplicates,
+            "reconnects": s.reconnects, "per_stream": dict(s.per_stream), "published_frames": p.published_frames,
+            "buffered_frames": publisher.pending_frames(), "dropped_frames": p.dropped_frames,
+            "gaps": len(gaps), "ts": time.time(),
+        }
+
+    def ticker() -> None:
+        next_stats = 0.0
+        while not reader_done.is_set():
+            reader_done.wait(min(0.05, batcher.seconds_until_due()))
+            batcher.flush_if_due()
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + 1.0
+                try:
+                    stats_client.set(STATS_PREFIX + feed_id, json.dumps(snapshot()), ex=15)
+                except redis.RedisError:
+                    pass  # stats are best effort; the publisher reports broker trouble
+
+    tick = threading.Thread(target=ticker, name="ticker", daemon=True)
+    tick.start()
+    if cfg.duration_s is not None:
+        timer = threading.Timer(cfg.duration_s, stop.set)
+        timer.daemon = True
+        timer.start()
+    try:
+        client.run(stop)
+    finally:
+        reader_done.set()
+        tick.join()
+        batcher.flush()
+        pub_stop.set()
+        pub_thread.join()
+        final = snapshot()
+        try:
+            stats_client.set(STATS_PREFIX + feed_id, json.dumps(final), ex=60)
+        except redis.RedisError:
+            pass
+        logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
+    return final
+
+
+def read_feed_stats(client: redis.Redis) -> list[dict[str, Any]]:
+    """Every live feed's latest stats (as written by run_feed)."""
+    out = []
+    for key in client.scan_iter(STATS_PREFIX + "*"):
+        raw = client.get(key)
+        if raw:
+            out.append(json.loads(raw))
+    return out

@@ -1,0 +1,164 @@
+"""Order-book values and the parser of Binance partial-depth frames. Pure: no I/O, no clock, no logging.
+
+A frame is the combined-stream text the websocket delivered, e.g. (tests/fixtures/binance_depth_samples.jsonl)::
+
+    {"stream":"btcusdt@depth20@100ms","data":{"lastUpdateId":11719214114,
+     "bids":[["40069.98000000","0.00002300"],...],"asks":[["40069.99000000","1.32492400"],...]}}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from models.errors import MalformedPayloadError
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "MAX_LEVELS",
+    "BookSnapshot",
+    "Side",
+    "StreamName",
+    "parse_frame",
+    "parse_stream_name",
+]
+
+MAX_LEVELS = 20
+# A depth20 frame is about 1.5 KB; anything far larger is hostile or not a partial book.
+MAX_FRAME_BYTES = 64 * 1024
+_MAX_LAST_UPDATE_ID = 2**63 - 1
+
+_STREAM_RE = re.compile(r"([a-z0-9]{2,20})@depth(5|10|20)(?:@(100ms|1000ms))?")
+# Plain decimal strings only: no sign, exponent, NaN or Infinity; at most 20 digits either side of the point.
+_NUMBER = r"(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?"
+_NUMBERS_RE = re.compile(rf"{_NUMBER}(?:\|{_NUMBER})*")
+_DATA_KEYS = frozenset(("lastUpdateId", "bids", "asks"))
+
+
+class Side(StrEnum):
+    BID = "bid"
+    ASK = "ask"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamName:
+    """A parsed partial-depth stream name such as ``btcusdt@depth20@100ms``."""
+
+    symbol: str  # upper case, e.g. BTCUSDT
+    depth: int  # 5, 10 or 20
+
+
+@dataclass(frozen=True, slots=True)
+class BookSnapshot:
+    """One partial order book exactly as sent: prices and quantities are the venue's decimal strings."""
+
+    symbol: str
+    depth: int
+    last_update_id: int
+    received_ns: int
+    bid_prices: tuple[str, ...]
+    bid_quantities: tuple[str, ...]
+    ask_prices: tuple[str, ...]
+    ask_quantities: tuple[str, ...]
+
+
+def parse_stream_name(stream: str) -> StreamName:
+    """Parse ``<symbol>@depth<5|10|20>[@100ms|@1000ms]``; raises MalformedPayloadError for any other stream."""
+    m = _STREAM_RE.fullmatch(stream)
+    if m is None:
+        raise MalformedPayloadError(f"unknown stream {stream[:60]!r}: not a <symbol>@depth<5|10|20> stream")
+    return StreamName(symbol=m.group(1).upper(), depth=int(m.group(2)))
+
+
+def parse_frame(raw: str | bytes, *, received_ns: int) -> BookSnapshot:
+    """Parse and validate one combined-stream partial-depth frame.
+
+    Raises MalformedPayloadError (with a reason fit for ``rejected_messages``) when the text is not JSON, is not a
+    combined-stream frame, names a stream other than ``<symbol>@depth<N>``, lacks or adds fields, or has a level that
+    is not a pair of plain positive decimal strings, more levels than the stream's depth, or levels that are not
+    strictly ordered (bids descending, asks ascending; this also rules out duplicate prices).
+    A crossed book (best bid >= best ask) is valid here: it is stored and flagged by the metrics.
+    """
+    if len(raw) > MAX_FRAME_BYTES:
+        raise MalformedPayloadError(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedPayloadError(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("stream"), str) or "data" not in msg:
+        raise MalformedPayloadError("not a combined-stream frame: expected an object with 'stream' and 'data'")
+    stream = parse_stream_name(msg["stream"])
+    data = msg["data"]
+    if not isinstance(data, dict):
+        raise MalformedPayloadError("'data' is not an object", symbol=stream.symbol)
+    if data.keys() != _DATA_KEYS:
+        missing = sorted(_DATA_KEYS - data.keys())
+        extra = sorted(str(k)[:40] for k in data.keys() - _DATA_KEYS)
+        raise MalformedPayloadError(
+            f"fields differ from a partial-depth payload: missing {missing}, unexpected {extra}", symbol=stream.symbol
+        )
+    luid = data["lastUpdateId"]
+    if type(luid) is not int or not 0 <= luid <= _MAX_LAST_UPDATE_ID:
+        raise MalformedPayloadError(
+            f"lastUpdateId {str(luid)[:40]!r} is not an integer in [0, 2^63)", symbol=stream.symbol
+        )
+    bid_p, bid_q = _levels(data["bids"], Side.BID, stream, luid)
+    ask_p, ask_q = _levels(data["asks"], Side.ASK, stream, luid)
+    return BookSnapshot(
+        symbol=stream.symbol,
+        depth=stream.depth,
+        last_update_id=luid,
+        received_ns=received_ns,
+        bid_prices=bid_p,
+        bid_quantities=bid_q,
+        ask_prices=ask_p,
+        ask_quantities=ask_q,
+    )
+
+
+def _levels(levels: Any, side: Side, stream: StreamName, luid: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def bad(reason: str) -> MalformedPayloadError:
+        return MalformedPayloadError(f"{side}s: {reason}", symbol=stream.symbol, last_update_id=luid)
+
+    if not isinstance(levels, list):
+        raise bad("not a list of levels")
+    if len(levels) > stream.depth:
+        raise bad(f"{len(levels)} levels exceed the stream depth {stream.depth}")
+    if not levels:
+        return (), ()
+    if not all(type(lv) is list and len(lv) == 2 for lv in levels):
+        raise bad("a level is not a [price, qty] pair")
+    try:
+        prices, qtys = zip(*levels, strict=True)
+        # One regex over the joined side is several times faster than one match per value.
+        ok = _NUMBERS_RE.fullmatch("|".join(prices)) and _NUMBERS_RE.fullmatch("|".join(qtys))
+    except TypeError:
+        raise bad("a price or quantity is not a string") from None
+    if not ok:
+        raise bad("a price or quantity is not a plain decimal string (at most 20 digits each side, no sign)")
+    fp = [float(p) for p in prices]
+    if not all(f > 0.0 for f in fp):
+        raise bad("a price is zero")
+    if not all(float(q) > 0.0 for q in qtys):
+        raise bad("a quantity is zero")
+    _check_order(prices, fp, descending=side is Side.BID, bad=bad)
+    return tuple(prices), tuple(qtys)
+
+
+def _check_order(prices: tuple[str, ...], fp: list[float], *, descending: bool, bad: Any) -> None:
+    # float() is monotonic, so a strict float order proves the decimal order; ties fall back to exact Decimals.
+    for i in range(1, len(fp)):
+        a, b = (fp[i - 1], fp[i]) if descending else (fp[i], fp[i - 1])
+        if a > b:
+            continue
+        if a == b:
+            da, db = Decimal(prices[i - 1]), Decimal(prices[i])
+            if (da > db) if descending else (db > da):
+                continue
+        order = "descending" if descending else "ascending"
+        raise bad(f"prices not strictly {order} at level {i} (duplicate or out-of-order level)")

@@ -1,0 +1,72 @@
+"""The exception tree of bookfeed. Catch by category; context travels as keyword-only attributes.
+
+PipelineError
+├── ConfigError                      bad settings or CLI values (exit 2, one line)
+├── InvalidBookError                 a frame that cannot be stored as a book (never retried)
+│   ├── MalformedPayloadError        not JSON, missing fields, bad numbers, unknown stream
+│   └── CrossedBookError             best bid >= best ask (stored raw, flagged, not raised by ingest)
+├── FeedError                        websocket side
+│   └── RetriesExhaustedError        the reconnect budget is spent
+└── StorageError                     PostgreSQL side
+    └── TransientStorageError        connection lost, server restarting: retry later
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "CrossedBookError",
+    "FeedError",
+    "InvalidBookError",
+    "MalformedPayloadError",
+    "PipelineError",
+    "RetriesExhaustedError",
+    "StorageError",
+    "TransientStorageError",
+]
+
+
+class PipelineError(Exception):
+    """Base of every error bookfeed raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """A setting or command-line value is invalid."""
+
+
+class InvalidBookError(PipelineError):
+    """A frame is not a storable order book; `reason` is what gets recorded."""
+
+    def __init__(self, reason: str, *, symbol: str | None = None, last_update_id: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.symbol = symbol
+        self.last_update_id = last_update_id
+
+
+class MalformedPayloadError(InvalidBookError):
+    """Not JSON, a missing or extra field, a bad number, or a stream we do not record."""
+
+
+class CrossedBookError(InvalidBookError):
+    """Best bid is at or above best ask."""
+
+
+class FeedError(PipelineError):
+    """The websocket feed failed."""
+
+
+class RetriesExhaustedError(FeedError):
+    """Reconnecting failed `attempts` times in a row."""
+
+    def __init__(self, message: str, *, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class StorageError(PipelineError):
+    """PostgreSQL refused or failed a write."""
+
+
+class TransientStorageError(StorageError):
+    """PostgreSQL is unreachable or restarting; the same write will succeed later."""

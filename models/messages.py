@@ -1,0 +1,42 @@
+"""Wire contract between the feed and the workers: task names, queues and the batch payload shape.
+
+A batch is a JSON object ``{"v": 1, "exchange": "binance", "batch_id": str, "frames": [[received_ns, raw], ...]}``:
+``received_ns`` is the feed's receive time (int, ns since the Unix epoch, UTC) and ``raw`` the frame text exactly as
+the websocket delivered it (a combined-stream wrapper ``{"stream": ..., "data": ...}``). Parsing happens once, in the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, TypedDict
+
+__all__ = [
+    "AVERAGES_TASK",
+    "EXCHANGE",
+    "INGEST_QUEUE",
+    "INGEST_TASK",
+    "METRICS_QUEUE",
+    "PAYLOAD_VERSION",
+    "Batch",
+    "make_batch",
+]
+
+EXCHANGE: Final = "binance"
+PAYLOAD_VERSION: Final = 1
+
+INGEST_TASK: Final = "bookfeed.ingest_batch"
+AVERAGES_TASK: Final = "bookfeed.compute_averages"
+
+INGEST_QUEUE: Final = "ingest"
+METRICS_QUEUE: Final = "metrics"
+
+
+class Batch(TypedDict):
+    v: int
+    exchange: str
+    batch_id: str
+    frames: list[list[Any]]
+
+
+def make_batch(*, batch_id: str, frames: list[tuple[int, str]], exchange: str = EXCHANGE) -> Batch:
+    """Build the payload of one ingest task from (received_ns, raw text) pairs."""
+    return {"v": PAYLOAD_VERSION, "exchange": exchange, "batch_id": batch_id, "frames": [list(f) for f in frames]}

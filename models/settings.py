@@ -1,0 +1,120 @@
+"""The one settings object: every environment variable bookfeed reads, typed and validated.
+
+Only entry points call `get_settings()`; code below them receives plain values.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.errors import ConfigError
+
+__all__ = ["DEFAULT_SYMBOLS", "LIVE_URL", "Settings", "get_settings", "normalise_database_url"]
+
+LIVE_URL = "wss://stream.binance.com:9443"
+DEFAULT_SYMBOLS = ("btcusdt", "ethusdt", "bnbusdt")
+
+
+def normalise_database_url(url: str) -> str:
+    """Rewrite postgres:// and postgresql:// to SQLAlchemy's psycopg2 scheme; reject anything else."""
+    for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    raise ValueError("DATABASE_URL must start with postgresql:// (or postgres://)")
+
+
+class Settings(BaseSettings):
+    """Read from the environment (and a local .env): DATABASE_URL, REDIS_URL and BOOKFEED_*."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BOOKFEED_", env_file=".env", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    # Unset means "start the embedded server" for `bookfeed up`; workers and the feed require them.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+
+    url: str = LIVE_URL
+    symbols: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SYMBOLS
+    depth: Literal[5, 10, 20] = 20
+    speed: Literal["1000ms", "100ms"] = "1000ms"
+
+    batch_max_frames: int = Field(default=200, ge=1, le=10_000)
+    batch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
+    buffer_max_frames: int = Field(default=200_000, ge=1_000)
+    max_frame_bytes: int = Field(default=1024 * 1024, ge=4096)  # websocket hard cap; books over 64 KiB are rejected by workers
+    silence_timeout_s: float = Field(default=30.0, gt=0)
+    max_connection_age_s: float = Field(default=23.5 * 3600, gt=0)
+    max_reconnect_attempts: int = Field(default=0, ge=0)  # 0: retry forever
+
+    averages_grace_s: float = Field(default=5.0, ge=0)
+    averages_lookback_s: float = Field(default=600.0, gt=0)
+    ingest_max_retries: int = Field(default=30, ge=0)
+    visibility_timeout_s: int = Field(default=3600, ge=60)
+
+    data_dir: Path = Path(".bookfeed")
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, v: str | None) -> str | None:
+        return normalise_database_url(v) if v else None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("redis://", "rediss://", "redis+socket://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return v or None
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _symbols(cls, v: object) -> tuple[str, ...]:
+        items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
+        symbols = tuple(dict.fromkeys(str(s).strip().lower() for s in items if str(s).strip()))
+        if not symbols:
+            raise ValueError("at least one symbol is required")
+        for s in symbols:
+            if not (2 <= len(s) <= 20 and s.isascii() and s.isalnum()):
+                raise ValueError(f"symbol {s!r} is not 2-20 letters or digits")
+        return symbols
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, v: str) -> str:
+        if not v.startswith(("ws://", "wss://")):
+            raise ValueError("the feed URL must start with ws:// or wss://")
+        return v
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set")
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL is not set")
+        return self.redis_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning validation errors into one readable ConfigError line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        name = where if where in ("DATABASE_URL", "REDIS_URL") else f"BOOKFEED_{where.upper()}"
+        raise ConfigError(f"invalid {name}: {err['msg']}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Entry points only."""
+    return load_settings()

@@ -80,7 +80,10 @@ class Publisher:
                 self.stats.dropped_frames += old.n_frames
                 logger.error(
                     "outage buffer full (%d frames): dropped batch %s of %d frames, %d dropped in all",
-                    self._max, old.batch["batch_id"], old.n_frames, self.stats.dropped_frames,
+                    self._max,
+                    old.batch["batch_id"],
+                    old.n_frames,
+                    self.stats.dropped_frames,
                 )
             self.stats.buffered_frames = self._buffered
             self._cond.notify()
@@ -106,8 +109,13 @@ class Publisher:
                 self.stats.send_failures += 1
                 delay = min(10.0, 0.1 * 2 ** min(failures, 7)) * random.uniform(0.5, 1.0)
                 log = logger.warning if failures == 1 or failures % 20 == 0 else logger.debug
-                log("publishing failed (%s: %s); %d frames buffered, retry in %.1fs",
-                    type(exc).__name__, exc, self.pending_frames(), delay)
+                log(
+                    "publishing failed (%s: %s); %d frames buffered, retry in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    self.pending_frames(),
+                    delay,
+                )
                 if stop.is_set() and failures >= 5:
                     logger.error("stopping with %d frames unpublished: broker unreachable", self.pending_frames())
                     return

@@ -49,10 +49,15 @@ def run_feed(
     """Run until `stop` is set, SIGTERM/SIGINT, or `duration_s`; then publish what is buffered and return stats."""
     stop = stop or threading.Event()
     feed_id = uuid.uuid4().hex[:12]
-    publisher = Publisher(send or make_celery_sender(cfg.redis_url), max_buffered_frames=cfg.buffer_max_frames,
-                          feed_id=feed_id)
-    batcher = Batcher(max_frames=cfg.batch_max_frames, max_wait_ms=cfg.batch_max_wait_ms, emit=publisher.enqueue,
-                      clock_ns=time.monotonic_ns)
+    publisher = Publisher(
+        send or make_celery_sender(cfg.redis_url), max_buffered_frames=cfg.buffer_max_frames, feed_id=feed_id
+    )
+    batcher = Batcher(
+        max_frames=cfg.batch_max_frames,
+        max_wait_ms=cfg.batch_max_wait_ms,
+        emit=publisher.enqueue,
+        clock_ns=time.monotonic_ns,
+    )
     gaps: list[tuple[int, int, str]] = []
 
     def on_gap(start_ns: int, end_ns: int, reason: str) -> None:
@@ -80,10 +85,17 @@ def run_feed(
     def snapshot() -> dict[str, Any]:
         s, p = client.stats, publisher.stats
         return {
-            "feed_id": feed_id, "connected": s.connected, "frames": s.frames, "duplicates": s.duplicates,
-            "reconnects": s.reconnects, "per_stream": dict(s.per_stream), "published_frames": p.published_frames,
-            "buffered_frames": publisher.pending_frames(), "dropped_frames": p.dropped_frames,
-            "gaps": len(gaps), "ts": time.time(),
+            "feed_id": feed_id,
+            "connected": s.connected,
+            "frames": s.frames,
+            "duplicates": s.duplicates,
+            "reconnects": s.reconnects,
+            "per_stream": dict(s.per_stream),
+            "published_frames": p.published_frames,
+            "buffered_frames": publisher.pending_frames(),
+            "dropped_frames": p.dropped_frames,
+            "gaps": len(gaps),
+            "ts": time.time(),
         }
 
     def ticker() -> None:

@@ -126,8 +126,9 @@ class StreamClient:
             except Exception as exc:  # refused, DNS, TLS, handshake: all are "try again later"
                 failures += 1
                 if self._max_attempts and failures >= self._max_attempts:
-                    raise RetriesExhaustedError(f"could not connect to {self._safe_url()}: {exc}",
-                                                attempts=failures) from exc
+                    raise RetriesExhaustedError(
+                        f"could not connect to {self._safe_url()}: {exc}", attempts=failures
+                    ) from exc
                 delay = min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * random.uniform(0.5, 1.0)
                 logger.warning("connect failed (%s); retry %d in %.1fs", exc, failures, delay)
                 stop.wait(delay)
@@ -211,8 +212,9 @@ class StreamClient:
 
     def _safe_url(self) -> str:
         p = urlsplit(self.url)
-        return urlunsplit((p.scheme, p.hostname or "", p.path, "", "")) + (f" ({p.query.count('/') + 1} streams)"
-                                                                         if p.query else "")
+        return urlunsplit((p.scheme, p.hostname or "", p.path, "", "")) + (
+            f" ({p.query.count('/') + 1} streams)" if p.query else ""
+        )
 
 
 def _control_event(raw: str) -> str | None:

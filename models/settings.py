@@ -41,13 +41,15 @@ class Settings(BaseSettings):
 
     url: str = LIVE_URL
     symbols: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SYMBOLS
-    depth: Literal[5, 10, 20] = 20
+    depth: int = 20  # 5, 10 or 20
     speed: Literal["1000ms", "100ms"] = "1000ms"
 
     batch_max_frames: int = Field(default=200, ge=1, le=10_000)
     batch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
     buffer_max_frames: int = Field(default=200_000, ge=1_000)
-    max_frame_bytes: int = Field(default=1024 * 1024, ge=4096)  # websocket hard cap; books over 64 KiB are rejected by workers
+    max_frame_bytes: int = Field(
+        default=1024 * 1024, ge=4096
+    )  # websocket hard cap; books over 64 KiB are rejected by workers
     silence_timeout_s: float = Field(default=30.0, gt=0)
     max_connection_age_s: float = Field(default=23.5 * 3600, gt=0)
     max_reconnect_attempts: int = Field(default=0, ge=0)  # 0: retry forever
@@ -84,6 +86,13 @@ class Settings(BaseSettings):
             if not (2 <= len(s) <= 20 and s.isascii() and s.isalnum()):
                 raise ValueError(f"symbol {s!r} is not 2-20 letters or digits")
         return symbols
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v: int) -> int:
+        if v not in (5, 10, 20):
+            raise ValueError("depth must be 5, 10 or 20")
+        return v
 
     @field_validator("url")
     @classmethod

@@ -1,0 +1,167 @@
+"""The `bookfeed` command: parse flags, load settings, configure logging, call one library function, and map
+PipelineError subclasses to exit codes. Only `main` prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from models.errors import ConfigError, PipelineError, RetriesExhaustedError
+from models.logconfig import configure_logging
+from models.settings import Settings, load_settings
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_ERROR, EXIT_CONFIG, EXIT_GAVE_UP = 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one readable line, exit 2
+        self.exit(EXIT_CONFIG, f"bookfeed: error: {message}\n")
+
+
+def _positive_float(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"{v!r} must be positive")
+    return f
+
+
+def _positive_int(v: str) -> int:
+    try:
+        i = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a whole number") from None
+    if i < 1:
+        raise argparse.ArgumentTypeError(f"{v!r} must be at least 1")
+    return i
+
+
+def _feed_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        help="combined-stream URL (ws[s]://host:port/stream?streams=...) or bare endpoint "
+        "to which the streams of --symbols are added (default: live Binance)",
+    )
+    p.add_argument("--symbols", help="comma-separated symbols, e.g. btcusdt,ethusdt (env BOOKFEED_SYMBOLS)")
+    p.add_argument("--depth", type=int, choices=(5, 10, 20), help="levels per side (default 20)")
+    p.add_argument("--speed", choices=("1000ms", "100ms"), help="update speed (default 1000ms)")
+    p.add_argument("--batch-max-frames", type=_positive_int, help="frames per task at most (default 200)")
+    p.add_argument("--batch-max-wait-ms", type=_positive_int, help="ms a frame waits for its batch (default 100)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bookfeed", description="Record Binance order books into PostgreSQL.")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    up = sub.add_parser("up", help="run everything on this machine (embedded PostgreSQL/Redis if no URL is set)")
+    _feed_flags(up)
+    up.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
+    up.add_argument("--duration", type=_positive_float, help="stop after S seconds (default: until Ctrl-C)")
+    up.add_argument("--flower-port", type=_positive_int, default=5555)
+    up.add_argument("--interval", type=_positive_float, default=2.0, help="seconds between live lines")
+    up.set_defaults(func=_cmd_up)
+
+    fd = sub.add_parser("feed", help="run the websocket feed (needs REDIS_URL)")
+    _feed_flags(fd)
+    fd.add_argument("--duration", type=_positive_float, help="stop after S seconds")
+    fd.set_defaults(func=_cmd_feed)
+
+    mg = sub.add_parser("migrate", help="apply the database migrations (needs DATABASE_URL)")
+    mg.set_defaults(func=_cmd_migrate)
+
+    try:
+        from feed.sim.commands import register
+    except ModuleNotFoundError:  # pragma: no cover - the simulator is being written
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("url", "symbols", "depth", "speed", "batch_max_frames", "batch_max_wait_ms", "log_level"):
+        v = getattr(args, name, None)
+        if v is not None:
+            overrides[name] = v
+    return load_settings(**overrides)
+
+
+def _feed_url(s: Settings) -> str:
+    from feed.stream import build_url
+
+    return build_url(s.url, symbols=s.symbols, depth=s.depth, speed=s.speed)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from feed.up import UpOptions, run_up
+
+    s = _settings(args)
+    configure_logging("WARNING", "text")
+    _feed_url(s)  # validate before starting anything
+    opts = UpOptions(
+        workers=args.workers, duration_s=args.duration, flower_port=args.flower_port, interval_s=args.interval
+    )
+    return run_up(s, opts)
+
+
+def _cmd_feed(args: argparse.Namespace) -> int:
+    from feed.service import FeedConfig, run_feed
+
+    s = _settings(args)
+    configure_logging(s.log_level, s.log_format)
+    cfg = FeedConfig(
+        url=_feed_url(s),
+        redis_url=s.require_redis_url(),
+        batch_max_frames=s.batch_max_frames,
+        batch_max_wait_ms=s.batch_max_wait_ms,
+        buffer_max_frames=s.buffer_max_frames,
+        silence_timeout_s=s.silence_timeout_s,
+        max_connection_age_s=s.max_connection_age_s,
+        max_frame_bytes=s.max_frame_bytes,
+        max_reconnect_attempts=s.max_reconnect_attempts,
+        duration_s=args.duration,
+    )
+    run_feed(cfg)
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from models.schema import upgrade_to_head
+
+    s = _settings(args)
+    configure_logging(s.log_level, s.log_format)
+    upgrade_to_head(s.require_database_url())
+    print("database migrated to head")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"bookfeed: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RetriesExhaustedError as exc:
+        print(f"bookfeed: gave up: {exc}", file=sys.stderr)
+        return EXIT_GAVE_UP
+    except PipelineError as exc:
+        print(f"bookfeed: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

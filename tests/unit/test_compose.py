@@ -1,0 +1,379 @@
+"""Static checks of docker-compose.yml, the Dockerfile and .dockerignore: no Docker engine needed.
+
+They parse, wire the services as the README promises, keep secrets out, and every command they run exists in the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+OUR_SERVICES = {"migrate", "worker", "beat", "feed", "flower", "simulator"}
+SERVICES = OUR_SERVICES | {"redis", "postgres"}
+HEALTHY = "service_healthy"
+COMPLETED = "service_completed_successfully"
+
+_VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+
+def _interpolate(value: str) -> str:
+    """Resolve ${VAR:-default} to its default and any other ${VAR...} to a placeholder, as compose would."""
+    out = _VAR.sub(lambda m: m["arg"] if m["op"] in (":-", "-") else "x", value)
+    return out.replace("$$", "$")
+
+
+def _argv(command: str | list[str]) -> list[str]:
+    parts = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+    return [_interpolate(p) for p in parts]
+
+
+def _options(args: list[str]) -> list[str]:
+    return [a.split("=", 1)[0] for a in args if a.startswith("-")]
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "") for ln in lines]
+
+
+def _dockerignored(path: str) -> bool:
+    """Approximates Docker's rule: the last matching pattern wins; a matched directory covers its contents."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is missing: add pyyaml to the dev extras in pyproject.toml")
+    data = yaml.safe_load(COMPOSE.read_text())  # safe_load resolves the x- anchors and << merges
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def _commands(services: dict[str, dict[str, Any]], program: str) -> dict[str, list[str]]:
+    found = {name: _argv(svc["command"]) for name, svc in services.items() if "command" in svc}
+    return {name: argv for name, argv in found.items() if argv[0] == program}
+
+
+# --- compose: shape ------------------------------------------------------------------------------------------------
+
+
+def test_compose_has_the_services(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == SERVICES
+
+
+def test_one_image_for_all_bookfeed_services(services: dict[str, dict[str, Any]]) -> None:
+    images = {services[name]["image"] for name in OUR_SERVICES}
+    builds = {json.dumps(services[name]["build"], sort_keys=True) for name in OUR_SERVICES}
+    assert len(images) == 1 and len(builds) == 1
+    assert services["redis"]["image"] == "redis:7"
+    assert services["postgres"]["image"] == "postgres:16"
+
+
+def test_beat_has_exactly_one_replica(services: dict[str, dict[str, Any]]) -> None:
+    assert services["beat"]["deploy"]["replicas"] == 1
+
+
+def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert "replicas" not in worker.get("deploy", {})
+
+
+def test_only_flower_is_published_and_only_on_localhost(services: dict[str, dict[str, Any]]) -> None:
+    published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
+    assert published == {"flower": ["127.0.0.1:5555:5555"]}
+
+
+def test_depends_on_conditions(services: dict[str, dict[str, Any]]) -> None:
+    broker_and_schema = {"redis": HEALTHY, "migrate": COMPLETED}
+    expected = {
+        "migrate": {"postgres": HEALTHY},
+        "worker": broker_and_schema,
+        "beat": broker_and_schema,
+        "feed": broker_and_schema,
+        "flower": {"redis": HEALTHY},
+    }
+    actual = {
+        name: {dep: spec["condition"] for dep, spec in svc["depends_on"].items()}
+        for name, svc in services.items()
+        if "depends_on" in svc
+    }
+    assert actual == expected
+
+
+def test_conditions_can_be_met(services: dict[str, dict[str, Any]]) -> None:
+    for svc in services.values():
+        for dep, spec in svc.get("depends_on", {}).items():
+            if spec["condition"] == HEALTHY:
+                assert services[dep]["healthcheck"]["test"], dep
+            if spec["condition"] == COMPLETED:
+                # Restarted after a clean exit, a one-shot service would never count as completed.
+                assert services[dep]["restart"] == "no", dep
+
+
+def test_long_running_services_restart(services: dict[str, dict[str, Any]]) -> None:
+    for name in SERVICES - {"migrate", "simulator"}:
+        assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_redis_is_durable_and_never_evicts(services: dict[str, dict[str, Any]]) -> None:
+    redis = services["redis"]
+    args = " ".join(_argv(redis["command"]))
+    for setting in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction", "--maxmemory "):
+        assert setting in args
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+
+
+def test_postgres_is_health_checked_and_persistent(services: dict[str, dict[str, Any]]) -> None:
+    pg = services["postgres"]
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
+    assert pg["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    used = {
+        v.split(":", 1)[0] for svc in services.values() for v in svc.get("volumes", []) if not v.startswith(("/", "."))
+    }
+    assert used <= set(compose.get("volumes") or {})
+
+
+def test_simulator_is_only_in_the_sim_profile(services: dict[str, dict[str, Any]]) -> None:
+    assert services["simulator"]["profiles"] == ["sim"]
+    assert all("profiles" not in svc for name, svc in services.items() if name != "simulator")
+
+
+# --- compose: configuration and secrets ----------------------------------------------------------------------------
+
+
+def test_required_secrets_fail_fast_when_unset(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("migrate", "worker"):
+        url = services[name]["environment"]["DATABASE_URL"]
+        assert url.startswith("postgresql://") and "${POSTGRES_PASSWORD:?" in url
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+
+
+def test_database_password_reaches_only_the_services_that_write(services: dict[str, dict[str, Any]]) -> None:
+    with_db = {name for name, svc in services.items() if "DATABASE_URL" in svc.get("environment", {})}
+    assert with_db == {"migrate", "worker"}
+
+
+def test_environment_names_are_real_settings(services: dict[str, dict[str, Any]]) -> None:
+    from models.settings import Settings
+
+    known = {"BOOKFEED_" + name.upper() for name in Settings.model_fields} | {"DATABASE_URL", "REDIS_URL"}
+    for name in OUR_SERVICES:
+        env = services[name]["environment"]
+        unknown = {key for key in env if key.startswith("BOOKFEED_") or key.endswith("_URL")} - known
+        assert not unknown, f"{name}: {sorted(unknown)} are not fields of models.settings.Settings"
+
+
+@pytest.mark.parametrize("name", sorted(OUR_SERVICES))
+def test_environment_defaults_are_valid_settings(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from models.settings import Settings
+
+    for key, value in services[name]["environment"].items():
+        if value is not None and (key.startswith("BOOKFEED_") or key.endswith("_URL")):
+            monkeypatch.setenv(key, _interpolate(str(value)))
+    Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_no_secret_literals() -> None:
+    for path in (COMPOSE, DOCKERFILE):
+        text = path.read_text()
+        assert not re.search(r"(?i)password\s*=\s*(?!\$\{)\S", text), path.name
+        # user:password@host in any URL must take the password from the environment.
+        for match in re.finditer(r"://[^/\s:@]+:([^@\s]+)@", text):
+            assert match[1].startswith("${") and match[1].endswith("}"), match[0]
+        assert "--basic_auth" not in text, path.name
+
+
+def test_secret_variables_are_interpolated(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        for key, value in (svc.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|TOKEN|AUTH", key):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"{name}.{key}"
+
+
+# --- compose: every command exists ---------------------------------------------------------------------------------
+
+
+def test_every_service_runs_a_known_program(services: dict[str, dict[str, Any]]) -> None:
+    for name in OUR_SERVICES:
+        assert _argv(services[name]["command"])[0] in {"bookfeed", "celery"}, name
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from feed.cli import build_parser
+
+    return build_parser()
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
+    return {name for action in parser._subparsers._group_actions for name in action.choices}
+
+
+def test_bookfeed_subcommands_exist(services: dict[str, dict[str, Any]]) -> None:
+    parser = _build_parser()
+    commands = _commands(services, "bookfeed")
+    assert set(commands) == {"migrate", "feed", "simulator"}
+    assert {argv[1] for argv in commands.values()} <= _subcommands(parser)
+    for name, argv in commands.items():
+        try:
+            parser.parse_args(argv[1:])
+        except SystemExit as exc:  # argparse exits on an unknown option
+            pytest.fail(f"{name}: `{shlex.join(argv)}` is rejected by bookfeed's parser ({exc})")
+
+
+def test_celery_services_target_the_app(services: dict[str, dict[str, Any]]) -> None:
+    from celery import Celery
+
+    import workers
+
+    commands = _commands(services, "celery")
+    assert {name: argv[1:4] for name, argv in commands.items()} == {
+        "worker": ["-A", "workers", "worker"],
+        "beat": ["-A", "workers", "beat"],
+        "flower": ["-A", "workers", "flower"],
+    }
+    assert isinstance(workers.celery, Celery)
+
+
+def test_celery_options_exist(services: dict[str, dict[str, Any]]) -> None:
+    from celery.bin.celery import celery as celery_cli
+
+    for name in ("worker", "beat"):
+        argv = _commands(services, "celery")[name]
+        params = {opt for p in celery_cli.commands[argv[3]].params for opt in p.opts}
+        assert set(_options(argv[4:])) <= params, name
+
+
+def test_flower_options_exist(services: dict[str, dict[str, Any]]) -> None:
+    import flower.options  # noqa: F401  (defines Flower's tornado options)
+    from tornado.options import options
+
+    argv = _commands(services, "celery")["flower"]
+    names = {opt.lstrip("-").replace("-", "_") for opt in _options(argv[4:])}
+    assert names <= set(options._options) | {n.replace("-", "_") for n in options._options}
+    flower_env = {k[len("FLOWER_") :].lower() for k in services["flower"]["environment"] if k.startswith("FLOWER_")}
+    assert flower_env <= {n.replace("-", "_") for n in options._options}
+
+
+def test_workers_consume_every_routed_queue(services: dict[str, dict[str, Any]]) -> None:
+    import celeryconfig
+
+    argv = _commands(services, "celery")["worker"]
+    queues = set(argv[argv.index("-Q") + 1].split(","))
+    routed = {route["queue"] for route in celeryconfig.task_routes.values()}
+    scheduled = {entry["options"]["queue"] for entry in celeryconfig.beat_schedule.values()}
+    assert routed | scheduled | {celeryconfig.task_default_queue} <= queues
+
+
+def test_beat_schedule_tasks_are_registered() -> None:
+    import celeryconfig
+    import workers
+    import workers.tasks  # registers the tasks; needs no broker connection
+    from models.messages import INGEST_TASK
+
+    scheduled = {entry["task"] for entry in celeryconfig.beat_schedule.values()}
+    assert scheduled
+    assert scheduled | {INGEST_TASK} <= set(workers.celery.tasks)
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------------------------
+
+
+def test_dockerfile_base_and_user() -> None:
+    steps = _dockerfile()
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    users = [args for instr, args in steps if instr == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    # The last USER comes after every RUN, so nothing at run time is root.
+    last_user = max(i for i, (instr, _) in enumerate(steps) if instr == "USER")
+    assert all(instr != "RUN" for instr, _ in steps[last_user:])
+
+
+def test_dockerfile_copies_existing_files_not_dockerignored() -> None:
+    copies = [args.split() for instr, args in _dockerfile() if instr in {"COPY", "ADD"}]
+    assert copies
+    for args in copies:
+        sources = [a for a in args if not a.startswith("--")][:-1]
+        for source in sources:
+            assert (ROOT / source).exists(), source
+            assert not _dockerignored(source), f"{source} is excluded by .dockerignore"
+
+
+def test_dockerfile_installs_the_whole_project() -> None:
+    steps = _dockerfile()
+    install = next(
+        i for i, (instr, args) in enumerate(steps) if instr == "RUN" and re.search(r"pip install .*\s\.(\s|$)", args)
+    )
+    copied = {
+        source.rstrip("/")
+        for instr, args in steps[:install]
+        if instr == "COPY"
+        for source in [a for a in args.split() if not a.startswith("--")][:-1]
+    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    needed = {p.rstrip("*") for p in setuptools["packages"]["find"]["include"]}
+    needed |= {f"{m}.py" for m in setuptools.get("py-modules", [])} | {"pyproject.toml", project["project"]["readme"]}
+    assert needed <= copied
+
+
+def test_dockerignore_keeps_local_secrets_and_state_out() -> None:
+    for path in (".env", "models/.env", ".git", ".venv", ".bookfeed", "tests"):
+        assert _dockerignored(path), path
+
+
+def test_dockerfile_bakes_no_configuration_or_secrets() -> None:
+    for instr, args in _dockerfile():
+        if instr in {"ENV", "ARG"}:
+            assert not re.search(r"(?i)PASSWORD|SECRET|TOKEN|AUTH|DATABASE_URL|REDIS_URL", args), args
+
+
+def test_dockerfile_default_command_is_a_bookfeed_command() -> None:
+    cmd = json.loads(next(args for instr, args in _dockerfile() if instr == "CMD"))
+    assert cmd[0] == "bookfeed"
+    parser = _build_parser()
+    assert cmd[1] == "--help" or cmd[1] in _subcommands(parser)

@@ -18,6 +18,7 @@ from workers.app import app, get_engine
 logger = logging.getLogger(__name__)
 
 _MAX_RETRIES = get_settings().ingest_max_retries
+_POISON_RETRIES = 3
 
 
 def _backoff_s(retries: int) -> float:
@@ -40,13 +41,19 @@ def ingest_batch(self: Task, batch: dict[str, Any]) -> dict[str, Any]:
         n = ingest.reject_batch(get_engine(), batch, reason=f"unreadable batch: {exc}")
         logger.error("batch rejected whole: %s (%d frames recorded)", exc, n)
         return {"rejected_batch": n}
+    except Exception as exc:  # a poison batch or a bug: a few tries, then its frames are recorded, never dropped
+        if self.request.retries < _POISON_RETRIES:
+            logger.warning("batch failed (%s: %s); retry %d", type(exc).__name__, exc, self.request.retries + 1)
+            raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries), max_retries=_POISON_RETRIES) from None
+        logger.exception("batch failed %d times", _POISON_RETRIES + 1)
+        return _give_up(batch, exc)
     logger.info("stored batch", extra={"task_id": self.request.id, **result.as_dict()})
     return result.as_dict()
 
 
 def _give_up(batch: dict[str, Any], exc: Exception) -> dict[str, Any]:
     try:
-        n = ingest.reject_batch(get_engine(), batch, reason=f"not stored after {_MAX_RETRIES} retries: {exc}")
+        n = ingest.reject_batch(get_engine(), batch, reason=f"not stored after retries: {type(exc).__name__}: {exc}")
     except TransientStorageError:
         logger.error("PostgreSQL still unavailable after %d retries; requeueing the batch", _MAX_RETRIES)
         raise Reject(str(exc), requeue=True) from None

@@ -30,11 +30,14 @@ BEGIN
     END IF;
     -- Serialise creators: two workers meeting a new day at once must not both run CREATE.
     PERFORM pg_advisory_xact_lock(hashtext('bookfeed_ensure_partition'));
-    IF to_regclass(part) IS NULL THEN
+    -- The catalog cache may not show a table created by the lock's previous holder, so also accept losing the race.
+    BEGIN
         EXECUTE format(
-            'CREATE TABLE %I PARTITION OF book_snapshots FOR VALUES FROM (%L) TO (%L)',
+            'CREATE TABLE IF NOT EXISTS %I PARTITION OF book_snapshots FOR VALUES FROM (%L) TO (%L)',
             part, (day::timestamp AT TIME ZONE 'UTC'), ((day + 1)::timestamp AT TIME ZONE 'UTC'));
-    END IF;
+    EXCEPTION WHEN duplicate_table OR unique_violation THEN
+        NULL;
+    END;
 END $$
 """
 

@@ -1,0 +1,67 @@
+"""Run-wide fixtures. Integration and e2e tests get a fresh migrated database and a private Redis database."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from tests.services import Services, create_database, drop_database, redis_db_url, start_services, start_worker, stop_process
+
+TEST_REDIS_DB = int(os.environ.get("BOOKFEED_TEST_REDIS_DB", "15"))
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    s = start_services(tmp_path_factory.mktemp("services"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(services: Services) -> Iterator[str]:
+    from models.schema import upgrade_to_head
+
+    url = create_database(services.admin_url)
+    upgrade_to_head(url)
+    yield url
+    drop_database(services.admin_url, url)
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: Services) -> str:
+    return redis_db_url(services.redis_base, TEST_REDIS_DB)
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = create_engine(database_url, pool_size=2)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def clean_db(engine: Engine) -> Engine:
+    """Empty every data table before the test (the schema stays)."""
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches, price_average_windows, "
+                          "averages_progress"))
+    return engine
+
+
+def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKFEED_")}
+    env.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "BOOKFEED_LOG_FORMAT": "text", **extra})
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One real Celery worker (prefork, 2 processes) shared by the run; yields its log file."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    proc = start_worker(service_env(database_url, redis_url), log)
+    yield log
+    stop_process(proc)

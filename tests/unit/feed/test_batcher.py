@@ -1,0 +1,139 @@
+"""feed.batcher: flush on size and on age, with a fake clock and a recording sink."""
+
+from __future__ import annotations
+
+import pytest
+
+from feed.batcher import Batcher, Frame
+
+pytestmark = pytest.mark.unit
+
+MS = 1_000_000
+
+
+class FakeClock:
+    def __init__(self, now_ns: int = 1_700_000_000 * 10**9) -> None:
+        self.now_ns = now_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def advance_ms(self, ms: float) -> None:
+        self.now_ns += int(ms * MS)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def emitted() -> list[list[Frame]]:
+    return []
+
+
+def make_batcher(
+    clock: FakeClock, emitted: list[list[Frame]], *, max_frames: int = 3, max_wait_ms: int = 100
+) -> Batcher:
+    return Batcher(max_frames=max_frames, max_wait_ms=max_wait_ms, emit=emitted.append, clock_ns=clock)
+
+
+def frame(i: int) -> Frame:
+    return (i, f'{{"stream":"btcusdt@depth20@100ms","data":{{"lastUpdateId":{i}}}}}')
+
+
+def test_flushes_when_full(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted, max_frames=3)
+    for i in range(7):
+        b.add(frame(i))
+    assert emitted == [[frame(0), frame(1), frame(2)], [frame(3), frame(4), frame(5)]]
+    b.flush()
+    assert emitted[-1] == [frame(6)]
+
+
+def test_max_frames_one_emits_every_frame(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted, max_frames=1)
+    b.add(frame(1))
+    b.add(frame(2))
+    assert emitted == [[frame(1)], [frame(2)]]
+
+
+def test_not_due_before_max_wait(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted, max_wait_ms=100)
+    b.add(frame(1))
+    clock.advance_ms(99.999)
+    b.flush_if_due()
+    assert emitted == []
+
+
+def test_due_at_max_wait(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted, max_wait_ms=100)
+    b.add(frame(1))
+    clock.advance_ms(60)
+    b.add(frame(2))
+    clock.advance_ms(40)
+    b.flush_if_due()
+    assert emitted == [[frame(1), frame(2)]]
+
+
+def test_age_is_measured_from_the_oldest_frame_of_the_batch(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted, max_frames=2, max_wait_ms=100)
+    b.add(frame(1))
+    b.add(frame(2))  # size flush
+    clock.advance_ms(150)
+    b.add(frame(3))  # starts a new batch: its age starts now, not at frame 1
+    clock.advance_ms(50)
+    b.flush_if_due()
+    assert emitted == [[frame(1), frame(2)]]
+    clock.advance_ms(50)
+    b.flush_if_due()
+    assert emitted == [[frame(1), frame(2)], [frame(3)]]
+
+
+def test_empty_batcher_never_emits(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted)
+    clock.advance_ms(10_000)
+    b.flush_if_due()
+    b.flush()
+    assert emitted == []
+
+
+def test_flush_emits_partial_batch_once(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted)
+    b.add(frame(1))
+    b.flush()
+    b.flush()
+    clock.advance_ms(1_000)
+    b.flush_if_due()
+    assert emitted == [[frame(1)]]
+
+
+def test_order_is_kept_across_batches(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted, max_frames=4)
+    for i in range(10):
+        b.add(frame(i))
+        clock.advance_ms(30)
+        b.flush_if_due()
+    b.flush()
+    assert [f for batch in emitted for f in batch] == [frame(i) for i in range(10)]
+    assert all(1 <= len(batch) <= 4 for batch in emitted)
+
+
+def test_seconds_until_due(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted, max_wait_ms=100)
+    assert b.seconds_until_due() == pytest.approx(0.1)  # empty: a full period
+    b.add(frame(1))
+    clock.advance_ms(30)
+    assert b.seconds_until_due() == pytest.approx(0.07)
+    clock.advance_ms(100)
+    assert b.seconds_until_due() == 0.0  # overdue: never negative
+    b.flush_if_due()
+    assert b.seconds_until_due() == pytest.approx(0.1)
+
+
+def test_emitted_list_is_not_reused(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted, max_frames=2)
+    for i in range(4):
+        b.add(frame(i))
+    assert emitted[0] is not emitted[1]
+    assert emitted[0] == [frame(0), frame(1)]

@@ -1,0 +1,202 @@
+"""models.settings: defaults, environment parsing, URL normalisation and one-line ConfigErrors.
+
+Every test runs in an empty temporary directory with no BOOKFEED_* / DATABASE_URL / REDIS_URL in the environment,
+so neither a developer's shell nor a local .env can leak in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from models.errors import ConfigError, PipelineError
+from models.settings import DEFAULT_SYMBOLS, LIVE_URL, Settings, load_settings, normalise_database_url
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in list(os.environ):
+        if name.upper().startswith("BOOKFEED_") or name.upper() in ("DATABASE_URL", "REDIS_URL"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def config_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """The message of the ConfigError that load_settings raises under `env`; it must be one line."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "\n" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no pydantic traceback chained
+    return message
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.symbols == DEFAULT_SYMBOLS == ("btcusdt", "ethusdt", "bnbusdt")
+    assert s.depth == 20
+    assert s.url == LIVE_URL == "wss://stream.binance.com:9443"
+    assert s.database_url is None and s.redis_url is None
+    assert s.batch_max_frames >= 1 and s.batch_max_wait_ms >= 1
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings()
+    with pytest.raises(ValueError, match="frozen"):
+        s.depth = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("raw", "symbols"),
+    [
+        ("BTCUSDT, ethusdt", ("btcusdt", "ethusdt")),
+        (" btcusdt ,, ETHUSDT ,", ("btcusdt", "ethusdt")),
+        ("btcusdt,BTCUSDT,ethusdt", ("btcusdt", "ethusdt")),
+        ("1000satsusdt", ("1000satsusdt",)),
+    ],
+)
+def test_symbols_from_env_are_normalised(monkeypatch: pytest.MonkeyPatch, raw: str, symbols: tuple[str, ...]) -> None:
+    monkeypatch.setenv("BOOKFEED_SYMBOLS", raw)
+    assert load_settings().symbols == symbols
+
+
+def test_symbols_override_as_a_list() -> None:
+    assert load_settings(symbols=["BTCUSDT", " ethusdt"]).symbols == ("btcusdt", "ethusdt")
+
+
+@pytest.mark.parametrize("raw", ["", " ", " , ,"])
+def test_empty_symbols(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    assert (
+        config_error(monkeypatch, BOOKFEED_SYMBOLS=raw)
+        == "invalid BOOKFEED_SYMBOLS: Value error, at least one symbol is required"
+    )
+
+
+@pytest.mark.parametrize("raw", ["btc-usdt", "b", "btc usdt", "x" * 21, "btcusdt,ét"])
+def test_bad_symbol(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    assert config_error(monkeypatch, BOOKFEED_SYMBOLS=raw).startswith("invalid BOOKFEED_SYMBOLS: ")
+
+
+@pytest.mark.parametrize("depth", ["5", "10", "20"])
+def test_depth_from_env(monkeypatch: pytest.MonkeyPatch, depth: str) -> None:
+    monkeypatch.setenv("BOOKFEED_DEPTH", depth)
+    assert load_settings().depth == int(depth)
+
+
+@pytest.mark.parametrize("depth", ["7", "0", "100", "twenty"])
+def test_bad_depth(monkeypatch: pytest.MonkeyPatch, depth: str) -> None:
+    assert config_error(monkeypatch, BOOKFEED_DEPTH=depth).startswith("invalid BOOKFEED_DEPTH: ")
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:9000", "wss://stream.binance.com:9443/stream?streams=btcusdt@depth20"])
+def test_feed_url_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("BOOKFEED_URL", url)
+    assert load_settings().url == url
+
+
+@pytest.mark.parametrize("url", ["https://stream.binance.com", "stream.binance.com:9443", ""])
+def test_bad_feed_url(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    assert (
+        config_error(monkeypatch, BOOKFEED_URL=url)
+        == "invalid BOOKFEED_URL: Value error, the feed URL must start with ws:// or wss://"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "normalised"),
+    [
+        ("postgres://u:p@db:5432/bookfeed", "postgresql+psycopg2://u:p@db:5432/bookfeed"),
+        ("postgresql://u:p@db/bookfeed", "postgresql+psycopg2://u:p@db/bookfeed"),
+        ("postgresql+psycopg2://u:p@db/bookfeed", "postgresql+psycopg2://u:p@db/bookfeed"),
+    ],
+)
+def test_database_url_normalised(monkeypatch: pytest.MonkeyPatch, url: str, normalised: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    s = load_settings()
+    assert s.database_url == normalised
+    assert s.require_database_url() == normalised
+    assert normalise_database_url(url) == normalised
+
+
+@pytest.mark.parametrize("url", ["mysql://u:hunter2@db/bookfeed", "postgresql+asyncpg://u:hunter2@db/x", "db:5432"])
+def test_bad_database_url(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    message = config_error(monkeypatch, DATABASE_URL=url)
+    assert message.startswith("invalid DATABASE_URL: ")
+    assert "hunter2" not in message  # a DSN's password never reaches a log line
+
+
+def test_empty_database_url_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "")
+    s = load_settings()
+    assert s.database_url is None
+    with pytest.raises(ConfigError, match="DATABASE_URL is not set"):
+        s.require_database_url()
+
+
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://h:6380/1", "unix:///tmp/redis.sock"])
+def test_redis_url(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    assert load_settings().require_redis_url() == url
+
+
+def test_bad_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config_error(monkeypatch, REDIS_URL="http://localhost:6379").startswith("invalid REDIS_URL: ")
+
+
+def test_missing_redis_url() -> None:
+    with pytest.raises(ConfigError, match="REDIS_URL is not set"):
+        load_settings().require_redis_url()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BOOKFEED_BATCH_MAX_FRAMES", "0"),
+        ("BOOKFEED_BATCH_MAX_FRAMES", "-1"),
+        ("BOOKFEED_BATCH_MAX_FRAMES", "10001"),
+        ("BOOKFEED_BATCH_MAX_FRAMES", "many"),
+        ("BOOKFEED_BATCH_MAX_WAIT_MS", "0"),
+        ("BOOKFEED_BATCH_MAX_WAIT_MS", "1.5"),
+        ("BOOKFEED_BUFFER_MAX_FRAMES", "10"),
+    ],
+)
+def test_bad_batch_sizes(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    assert config_error(monkeypatch, **{name: value}).startswith(f"invalid {name}: ")
+
+
+def test_batch_sizes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOKFEED_BATCH_MAX_FRAMES", "1")
+    monkeypatch.setenv("BOOKFEED_BATCH_MAX_WAIT_MS", "60000")
+    s = load_settings()
+    assert (s.batch_max_frames, s.batch_max_wait_ms) == (1, 60_000)
+
+
+def test_bad_override_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"^invalid BOOKFEED_BATCH_MAX_FRAMES: ") as info:
+        load_settings(batch_max_frames=0)
+    assert isinstance(info.value, PipelineError)
+
+
+def test_dotenv_in_working_directory_is_read(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("BOOKFEED_SYMBOLS=solusdt\nDATABASE_URL=postgres://u@h/d\n")
+    s = load_settings()
+    assert s.symbols == ("solusdt",)
+    assert s.database_url == "postgresql+psycopg2://u@h/d"
+
+
+def test_environment_wins_over_dotenv(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / ".env").write_text("BOOKFEED_SYMBOLS=solusdt\n")
+    monkeypatch.setenv("BOOKFEED_SYMBOLS", "xrpusdt")
+    assert load_settings().symbols == ("xrpusdt",)
+
+
+def test_settings_can_be_built_directly() -> None:
+    s = Settings(symbols="ADAUSDT", depth=5)
+    assert (s.symbols, s.depth) == (("adausdt",), 5)

@@ -1,0 +1,186 @@
+"""workers.storage pure parts: COPY text rows in models.tables column order, and ns -> timestamptz text."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.book import BookSnapshot, parse_frame
+from models.metrics import book_metrics
+from models.tables import book_snapshots
+from tests.factories import RECEIVED_NS, depth_samples, make_book
+from workers.storage import ns_to_timestamp, to_rows
+
+pytestmark = pytest.mark.unit
+
+COLUMNS = [c.name for c in book_snapshots.columns]
+NULL = "\\N"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def row_of(book: BookSnapshot, *, exchange: str = "binance") -> dict[str, str]:
+    """The single COPY line for `book`, split into fields and keyed by the table's column names."""
+    text = to_rows([(book, book_metrics(book))], exchange=exchange)
+    assert text.endswith("\n") and text.count("\n") == 1
+    fields = text[:-1].split("\t")
+    assert len(fields) == len(COLUMNS)
+    return dict(zip(COLUMNS, fields, strict=True))
+
+
+def test_columns_are_the_table_columns() -> None:
+    # If a column is added to or moved in models.tables, this list (and to_rows) must follow.
+    assert COLUMNS == [
+        "received_at",
+        "exchange",
+        "symbol",
+        "depth",
+        "last_update_id",
+        "bid_prices",
+        "bid_quantities",
+        "ask_prices",
+        "ask_quantities",
+        "best_bid",
+        "best_ask",
+        "spread",
+        "bid_vwap",
+        "ask_vwap",
+        "price",
+        "crossed",
+    ]
+
+
+def test_fixture_frame_row() -> None:
+    book = parse_frame(depth_samples()[0], received_ns=RECEIVED_NS)
+    m = book_metrics(book)
+    row = row_of(book)
+    assert row == {
+        "received_at": "2023-11-14 22:13:20.123456+00",
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "depth": "5",
+        "last_update_id": "11719214114",
+        "bid_prices": "{40069.98000000,40067.04000000,40067.03000000,40066.08000000,40066.07000000}",
+        "bid_quantities": "{0.00002300,0.06000000,0.03743200,0.13019700,0.24799400}",
+        "ask_prices": "{40069.99000000,40072.90000000,40073.10000000,40073.11000000,40073.29000000}",
+        "ask_quantities": "{1.32492400,0.00099900,0.20501400,0.31000000,0.06158400}",
+        "best_bid": "40069.98000000",
+        "best_ask": "40069.99000000",
+        "spread": "0.01000000",
+        "bid_vwap": repr(m.bid_vwap),
+        "ask_vwap": repr(m.ask_vwap),
+        "price": repr(m.price),
+        "crossed": "f",
+    }
+
+
+@pytest.mark.parametrize("raw", depth_samples())
+def test_rows_keep_levels_exactly_and_floats_round_trip(raw: str) -> None:
+    book = parse_frame(raw, received_ns=RECEIVED_NS)
+    m = book_metrics(book)
+    row = row_of(book)
+    assert row["bid_prices"] == "{" + ",".join(book.bid_prices) + "}"
+    assert row["ask_quantities"] == "{" + ",".join(book.ask_quantities) + "}"
+    assert Decimal(row["spread"]) == m.spread
+    assert (float(row["bid_vwap"]), float(row["ask_vwap"]), float(row["price"])) == (m.bid_vwap, m.ask_vwap, m.price)
+
+
+@pytest.mark.parametrize(
+    ("bids", "asks", "nulls"),
+    [
+        ([("100", "1"), ("99", "3")], [], {"best_ask", "spread", "ask_vwap", "price"}),
+        ([], [("101", "2")], {"best_bid", "spread", "bid_vwap", "price"}),
+        ([], [], {"best_bid", "best_ask", "spread", "bid_vwap", "ask_vwap", "price"}),
+    ],
+    ids=["bids-only", "asks-only", "empty"],
+)
+def test_one_sided_book_has_nulls(bids: list[tuple[str, str]], asks: list[tuple[str, str]], nulls: set[str]) -> None:
+    row = row_of(make_book(bids=bids, asks=asks))
+    assert {name for name, value in row.items() if value == NULL} == nulls
+    assert row["crossed"] == "f"
+    if not bids:
+        assert row["bid_prices"] == row["bid_quantities"] == "{}"
+    if not asks:
+        assert row["ask_prices"] == row["ask_quantities"] == "{}"
+    if bids:
+        assert (row["best_bid"], row["bid_vwap"]) == ("100", "99.25")
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask", "spread"),
+    [
+        ("40000.00000000", "40000.00000010", "0.00000010"),  # Decimal 1.0E-7: no exponent in COPY text
+        ("1.00000000000000000001", "1.00000000000000000002", "0.00000000000000000001"),
+        ("0.07143000", "0.07144000", "0.00001000"),
+        ("100.00000000", "100.00000000", "0.00000000"),
+        ("100.00000000", "99.50000000", "-0.50000000"),
+        ("1", "100000000000000000000", "99999999999999999999"),
+    ],
+)
+def test_spread_is_written_without_exponent(bid: str, ask: str, spread: str) -> None:
+    row = row_of(make_book(bids=[(bid, "1")], asks=[(ask, "1")]))
+    assert row["spread"] == spread
+    assert row["crossed"] == ("t" if Decimal(ask) <= Decimal(bid) else "f")
+
+
+def test_several_books_one_line_each() -> None:
+    books = [make_book(last_update_id=i, received_ns=RECEIVED_NS + i * 1000) for i in range(3)]
+    text = to_rows([(b, book_metrics(b)) for b in books], exchange="binance")
+    lines = text.split("\n")
+    assert lines[-1] == ""
+    assert [line.split("\t")[4] for line in lines[:-1]] == ["0", "1", "2"]
+    assert [line.split("\t")[0][-10:] for line in lines[:-1]] == [".123456+00", ".123457+00", ".123458+00"]
+
+
+def test_no_books_no_text() -> None:
+    assert to_rows([], exchange="binance") == ""
+
+
+def test_exchange_is_written_as_given() -> None:
+    assert row_of(make_book(), exchange="binance-us")["exchange"] == "binance-us"
+
+
+# --- ns_to_timestamp ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (0, "1970-01-01 00:00:00.000000+00"),
+        (999, "1970-01-01 00:00:00.000000+00"),  # truncated, not rounded
+        (1_999, "1970-01-01 00:00:00.000001+00"),
+        (999_999_999, "1970-01-01 00:00:00.999999+00"),  # never rounds into the next second
+        (RECEIVED_NS, "2023-11-14 22:13:20.123456+00"),
+        (1_704_067_199_999_999_999, "2023-12-31 23:59:59.999999+00"),
+        (1_704_067_200_000_000_000, "2024-01-01 00:00:00.000000+00"),
+    ],
+)
+def test_ns_to_timestamp(ns: int, text: str) -> None:
+    assert ns_to_timestamp(ns) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=4_102_444_800 * 10**9))  # up to 2100-01-01
+def test_ns_to_timestamp_truncates_to_the_microsecond_in_utc(ns: int) -> None:
+    text = ns_to_timestamp(ns)
+    expected = EPOCH + timedelta(microseconds=ns // 1000)
+    assert text == expected.strftime("%Y-%m-%d %H:%M:%S.%f") + "+00"
+    parsed = datetime.fromisoformat(text)
+    assert parsed == expected
+    assert parsed.utcoffset() == timedelta(0)
+
+
+def test_ns_to_timestamp_ignores_the_local_timezone(monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = 1_719_792_000_500_000_000  # 2024-07-01 00:00:00.5 UTC: a DST date in both zones below
+    try:
+        for tz in ("America/New_York", "Asia/Kolkata"):
+            monkeypatch.setenv("TZ", tz)
+            time.tzset()
+            assert ns_to_timestamp(ns + 10**9 * len(tz)) == f"2024-07-01 00:00:{len(tz):02d}.500000+00"
+    finally:
+        monkeypatch.undo()
+        time.tzset()

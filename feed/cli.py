@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--duration", type=_positive_float, help="stop after S seconds (default: until Ctrl-C)")
     up.add_argument("--flower-port", type=_positive_int, default=5555)
     up.add_argument("--interval", type=_positive_float, default=2.0, help="seconds between live lines")
+    up.add_argument("--simulate", action="store_true", help="feed from the built-in simulator instead of --url")
     up.set_defaults(func=_cmd_up)
 
     fd = sub.add_parser("feed", help="run the websocket feed (needs REDIS_URL)")
@@ -110,7 +111,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     configure_logging("WARNING", "text")
     _feed_url(s)  # validate before starting anything
     opts = UpOptions(
-        workers=args.workers, duration_s=args.duration, flower_port=args.flower_port, interval_s=args.interval
+        workers=args.workers,
+        duration_s=args.duration,
+        flower_port=args.flower_port,
+        interval_s=args.interval,
+        simulate=args.simulate,
+        # A few malformed frames show rejected_messages at work in the demo.
+        simulator_args=("--malformed-fraction", "0.002") if args.simulate else (),
     )
     return run_up(s, opts)
 

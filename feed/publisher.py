@@ -65,6 +65,7 @@ class Publisher:
         self._buffered = 0
         self._seq = 0
         self._cond = threading.Condition()
+        self._in_flight: PendingBatch | None = None
         self.stats = PublisherStats()
 
     def enqueue(self, frames: list[tuple[int, str]]) -> None:
@@ -74,8 +75,13 @@ class Publisher:
             batch = make_batch(batch_id=f"{self._feed_id}-{self._seq}", frames=frames, exchange=self._exchange)
             self._queue.append(PendingBatch(batch))
             self._buffered += len(frames)
-            while self._buffered > self._max and len(self._queue) > 1:
-                old = self._queue.popleft()
+            while self._buffered > self._max and len(self._queue) > 1 + (self._in_flight is not None):
+                # Never the batch being sent right now: it may already be in Redis.
+                if self._in_flight is not None and self._queue[0] is self._in_flight:
+                    old = self._queue[1]
+                    del self._queue[1]
+                else:
+                    old = self._queue.popleft()
                 self._buffered -= old.n_frames
                 self.stats.dropped_frames += old.n_frames
                 logger.error(
@@ -101,10 +107,12 @@ class Publisher:
                     self._cond.wait(0.2)
                 if not self._queue:
                     return
-                head = self._queue[0]
+                head = self._in_flight = self._queue[0]
             try:
                 self._send(head)
             except Exception as exc:  # any broker error: keep the batch, back off, try again
+                with self._cond:
+                    self._in_flight = None
                 failures += 1
                 self.stats.send_failures += 1
                 delay = min(10.0, 0.1 * 2 ** min(failures, 7)) * random.uniform(0.5, 1.0)
@@ -125,6 +133,7 @@ class Publisher:
                 logger.warning("publishing recovered after %d failures", failures)
                 failures = 0
             with self._cond:
+                self._in_flight = None
                 if self._queue and self._queue[0] is head:
                     self._queue.popleft()
                     self._buffered -= head.n_frames

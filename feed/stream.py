@@ -55,7 +55,7 @@ def peek(raw: str) -> tuple[str | None, int | None]:
         return stream, None
     j = i + 15
     k = j
-    while k < len(raw) and raw[k].isdigit():
+    while k < len(raw) and "0" <= raw[k] <= "9":  # ASCII only: str.isdigit() accepts "²" and "٩"
         k += 1
     return stream, (int(raw[j:k]) if j < k <= j + 19 else None)
 

@@ -39,6 +39,8 @@ class UpOptions:
     flower_port: int = 5555
     interval_s: float = 2.0
     drain_timeout_s: float = 300.0
+    simulate: bool = False  # start the built-in simulator and point the feed at it
+    simulator_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -117,6 +119,24 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
         procs.start("beat", [*celery, "beat", "--schedule", str(data / "celerybeat-schedule"), "--loglevel", "INFO"])
         port = opts.flower_port if _port_free(opts.flower_port) else free_port()
         procs.start("flower", [*celery, "flower", f"--port={port}", "--address=127.0.0.1"])
+        if opts.simulate:
+            sim_port = free_port()
+            procs.start(
+                "simulator",
+                [
+                    sys.executable,
+                    "-m",
+                    "feed.cli",
+                    "simulate",
+                    "--port",
+                    str(sim_port),
+                    "--symbols",
+                    ",".join(settings.symbols),
+                    *opts.simulator_args,
+                ],
+            )
+            env["BOOKFEED_URL"] = f"ws://127.0.0.1:{sim_port}"
+            out(f"Simulator:  ws://127.0.0.1:{sim_port} (Binance-compatible, synthetic books)")
         procs.start("feed", [sys.executable, "-m", "feed.cli", "feed"])
         out(f"Flower:     http://127.0.0.1:{port}")
         out(
@@ -127,7 +147,7 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
         return _supervise(procs, db_url, redis_url, opts, out)
     finally:
         if procs is not None:
-            for name in ("feed", "beat", "flower", "worker"):
+            for name in ("feed", "simulator", "beat", "flower", "worker"):
                 procs.stop(name)
         if rd:
             rd.stop()
@@ -162,7 +182,6 @@ def _supervise(procs: _Procs, db_url: str, redis_url: str, opts: UpOptions, out:
             app.send_task(AVERAGES_TASK, kwargs={"window_s": w, "now_s": stop_ns, "grace_s": 0.0}, queue=METRICS_QUEUE)
         if not _drain(client, opts.drain_timeout_s, out):
             return 1
-        display.tick()
         display.summary()
         return 0
     finally:
@@ -243,17 +262,20 @@ class _Display:
 
     def summary(self) -> None:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT window_seconds, count(*), sum(samples) FROM price_average_windows "
-                    "GROUP BY window_seconds ORDER BY window_seconds"
-                )
-            ).all()
             books = conn.execute(text("SELECT count(*) FROM book_snapshots")).scalar()
             rejected = conn.execute(text("SELECT count(*) FROM rejected_frames")).scalar()
+            rows = conn.execute(
+                text(
+                    "SELECT symbol, window_seconds, window_start, avg_price, samples FROM ("
+                    "  SELECT *, row_number() OVER (PARTITION BY symbol, window_seconds ORDER BY window_start DESC) AS n"
+                    "  FROM price_averages) a WHERE n <= 2 ORDER BY symbol, window_seconds, window_start"
+                )
+            ).all()
         self.out(f"stored books: {books}, rejected frames: {rejected}")
-        for w, n, samples in rows:
-            self.out(f"price_averages: {n} windows of {w}s ({samples} samples)")
+        self.out("latest rows of price_averages:")
+        self.out(f"  {'symbol':<12} {'window':>6}  {'window_start (UTC)':<20} {'avg_price':>16} {'samples':>8}")
+        for symbol, w, start, avg, samples in rows:
+            self.out(f"  {symbol:<12} {w:>5}s  {start:%Y-%m-%d %H:%M:%S} {avg:>16.8f} {samples:>8}")
 
 
 def _feed_env(s: Settings) -> dict[str, str]:

@@ -104,9 +104,8 @@ def parse_frame(raw: str | bytes, *, received_ns: int) -> BookSnapshot:
         )
     luid = data["lastUpdateId"]
     if type(luid) is not int or not 0 <= luid <= _MAX_LAST_UPDATE_ID:
-        raise MalformedPayloadError(
-            f"lastUpdateId {str(luid)[:40]!r} is not an integer in [0, 2^63)", symbol=stream.symbol
-        )
+        shown = repr(luid)[:40] if isinstance(luid, int | float | str) else f"of type {type(luid).__name__}"
+        raise MalformedPayloadError(f"lastUpdateId {shown} is not an integer in [0, 2^63)", symbol=stream.symbol)
     bid_p, bid_q = _levels(data["bids"], Side.BID, stream, luid)
     ask_p, ask_q = _levels(data["asks"], Side.ASK, stream, luid)
     return BookSnapshot(
@@ -135,8 +134,16 @@ def _levels(levels: Any, side: Side, stream: StreamName, luid: int) -> tuple[tup
         raise bad("a level is not a [price, qty] pair")
     try:
         prices, qtys = zip(*levels, strict=True)
-        # One regex over the joined side is several times faster than one match per value.
-        ok = _NUMBERS_RE.fullmatch("|".join(prices)) and _NUMBERS_RE.fullmatch("|".join(qtys))
+        # One regex over the joined side is several times faster than one match per value; counting the
+        # separators makes sure no value smuggled one in ("1|2" would otherwise read as two numbers).
+        jp, jq = "|".join(prices), "|".join(qtys)
+        n_sep = len(prices) - 1
+        ok = (
+            jp.count("|") == n_sep
+            and jq.count("|") == n_sep
+            and _NUMBERS_RE.fullmatch(jp)
+            and _NUMBERS_RE.fullmatch(jq)
+        )
     except TypeError:
         raise bad("a price or quantity is not a string") from None
     if not ok:

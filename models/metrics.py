@@ -3,12 +3,12 @@
 Exactness: best bid/ask and spread are exact `Decimal`s of the strings sent. VWAPs and price are float64: each
 price and quantity is rounded once to float (relative error <= u = 2^-53), each product adds u, and a sum of n positive
 terms adds at most (n-1)u, so a VWAP over n <= 20 levels is within (2n + 3)u ~ 4.8e-15 relative of the exact value and
-`price` within 5e-15 (tests/unit/models/test_metrics.py checks <= 1e-12 against 60-digit Decimal arithmetic).
+`price` within 5e-15 (tests/unit/models/test_metrics.py checks <= 1e-12 against 80-digit Decimal arithmetic).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Context, Decimal
 
@@ -16,9 +16,8 @@ from models.book import BookSnapshot
 
 __all__ = [
     "BookMetrics",
-    "Window",
     "book_metrics",
-    "closed_windows",
+    "closed_range",
     "vwap",
     "window_start",
 ]
@@ -36,18 +35,6 @@ class BookMetrics:
     ask_vwap: float | None
     price: float | None  # (bid_vwap + ask_vwap) / 2
     crossed: bool  # best_bid >= best_ask: stored, flagged, left out of averages
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """A half-open window [start_s, start_s + window_s) in seconds since the Unix epoch, UTC."""
-
-    start_s: int
-    window_s: int
-
-    @property
-    def end_s(self) -> int:
-        return self.start_s + self.window_s
 
 
 def vwap(prices: Sequence[str], quantities: Sequence[str]) -> float | None:
@@ -84,10 +71,9 @@ def window_start(ts_s: float, window_s: int) -> int:
     return int(ts_s // window_s) * window_s
 
 
-def closed_windows(*, now_s: float, window_s: int, grace_s: float, lookback_s: float) -> Iterator[Window]:
-    """Windows that ended at least `grace_s` before `now_s` and started no earlier than `now_s - lookback_s`,
-    oldest first. A rerun with the same `now_s` yields the same windows."""
-    last_end = window_start(now_s - grace_s, window_s)
-    first_start = window_start(now_s - lookback_s, window_s)
-    for start in range(first_start, last_end, window_s):
-        yield Window(start_s=start, window_s=window_s)
+def closed_range(*, from_s: float, now_s: float, window_s: int, grace_s: float) -> tuple[int, int]:
+    """[lo, hi) in epoch seconds covering every `window_s` window that overlaps [from_s, ...) and ended at least
+    `grace_s` before `now_s` (lo == hi when there is none). Both ends are window boundaries, so the same inputs
+    always give the same windows."""
+    hi = window_start(now_s - grace_s, window_s)
+    return min(window_start(from_s, window_s), hi), hi

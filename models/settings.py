@@ -119,7 +119,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "settings"
-        name = where if where in ("DATABASE_URL", "REDIS_URL") else f"BOOKFEED_{where.upper()}"
+        aliases = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+        name = aliases.get(where.lower(), f"BOOKFEED_{where.upper()}")
         raise ConfigError(f"invalid {name}: {err['msg']}") from None
 
 

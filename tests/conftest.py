@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from tests.services import Services, create_database, drop_database, redis_db_url, start_services, start_worker, stop_process
+from tests.services import (
+    Services,
+    create_database,
+    drop_database,
+    redis_db_url,
+    start_services,
+    start_worker,
+    stop_process,
+)
 
 TEST_REDIS_DB = int(os.environ.get("BOOKFEED_TEST_REDIS_DB", "15"))
 
@@ -47,8 +55,9 @@ def engine(database_url: str) -> Iterator[Engine]:
 def clean_db(engine: Engine) -> Engine:
     """Empty every data table before the test (the schema stays)."""
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches, price_average_windows, "
-                          "averages_progress"))
+        conn.execute(
+            text("TRUNCATE book_snapshots, rejected_frames, ingest_batches, price_average_windows, averages_progress")
+        )
     return engine
 
 

@@ -87,9 +87,24 @@ def redis_db_url(base: str, db: int) -> str:
 
 def start_worker(env: dict[str, str], log: Path, *, concurrency: int = 2, name: str = "test") -> subprocess.Popen:
     """A real `celery -A workers worker` process; returns once it answers a ping."""
-    args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,metrics", "-c",
-            str(concurrency), "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle"]
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "-Q",
+        "ingest,metrics",
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{name}-{uuid.uuid4().hex[:6]}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     with open(log, "ab") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60

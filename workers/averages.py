@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from models.metrics import window_start
+from models.metrics import closed_range
 from workers import storage
 
 __all__ = ["AveragesResult", "compute_averages"]
@@ -61,7 +61,6 @@ def compute_averages(
     avg_price = arithmetic mean of `price` over the uncrossed two-sided books received in the window; samples =
     their count; a window without such a book has no row. Raises TransientStorageError when PostgreSQL is down.
     """
-    to_s = window_start(now_s - grace_s, window_s)
     with storage.translate_errors(), engine.begin() as conn:
         progress = conn.execute(
             text(
@@ -85,7 +84,7 @@ def compute_averages(
         ).scalar()
         if late is not None:
             from_s = min(from_s, float(late))
-        lo = window_start(from_s, window_s)
+        lo, to_s = closed_range(from_s=from_s, now_s=now_s, window_s=window_s, grace_s=grace_s)
         n = 0
         if lo < to_s:
             n = conn.execute(_UPSERT, {"w": window_s, "lo": lo, "hi": to_s}).rowcount

@@ -6,14 +6,18 @@ import json
 from pathlib import Path
 
 FIXTURES = Path("/nonexistent")
-for candidate in (Path(__file__).resolve().parents[1] / "fixtures", Path(__file__).resolve().parents[3] / "shared" / "fixtures"):
+for candidate in (
+    Path(__file__).resolve().parents[1] / "fixtures",
+    Path(__file__).resolve().parents[3] / "shared" / "fixtures",
+):
     if (candidate / "binance_depth_samples.jsonl").exists():
         FIXTURES = candidate
         break
 
 
-def frame(symbol: str = "btcusdt", depth: int = 20, *, luid: int, bids: list[tuple[str, str]],
-          asks: list[tuple[str, str]]) -> str:
+def frame(
+    symbol: str = "btcusdt", depth: int = 20, *, luid: int, bids: list[tuple[str, str]], asks: list[tuple[str, str]]
+) -> str:
     data = {"lastUpdateId": luid, "bids": [list(b) for b in bids], "asks": [list(a) for a in asks]}
     return json.dumps({"stream": f"{symbol}@depth{depth}", "data": data}, separators=(",", ":"))
 

@@ -20,18 +20,23 @@ NS = 10**9
 
 def _prices(engine: Engine, w: int) -> dict[int, tuple[float, int]]:
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT extract(epoch FROM window_start)::bigint, avg_price, samples, "
-            "extract(epoch FROM window_end - window_start)::int FROM price_averages "
-            "WHERE window_seconds = :w AND symbol = 'BTCUSDT'"), {"w": w}).all()
+        rows = conn.execute(
+            text(
+                "SELECT extract(epoch FROM window_start)::bigint, avg_price, samples, "
+                "extract(epoch FROM window_end - window_start)::int FROM price_averages "
+                "WHERE window_seconds = :w AND symbol = 'BTCUSDT'"
+            ),
+            {"w": w},
+        ).all()
     assert all(r[3] == w for r in rows)
     return {int(r[0]): (r[1], r[2]) for r in rows}
 
 
 def _book_price(engine: Engine, luid: int) -> float:
     with engine.connect() as conn:
-        return float(conn.execute(text("SELECT price FROM book_metrics WHERE last_update_id = :l"),
-                                  {"l": luid}).scalar_one())
+        return float(
+            conn.execute(text("SELECT price FROM book_metrics WHERE last_update_id = :l"), {"l": luid}).scalar_one()
+        )
 
 
 def test_windows_align_to_epoch_and_average_the_right_books(clean_db: Engine) -> None:
@@ -84,6 +89,10 @@ def test_late_rows_and_reruns_correct_windows_without_duplicates(clean_db: Engin
         compute_averages(clean_db, window_s=30, now_s=S + 1000, grace_s=5, lookback_s=60)
     assert _prices(clean_db, 30) == before
     with clean_db.connect() as conn:
-        dup = conn.execute(text("SELECT count(*) FROM (SELECT 1 FROM price_averages GROUP BY exchange, symbol, "
-                                "window_seconds, window_start HAVING count(*) > 1) d")).scalar_one()
+        dup = conn.execute(
+            text(
+                "SELECT count(*) FROM (SELECT 1 FROM price_averages GROUP BY exchange, symbol, "
+                "window_seconds, window_start HAVING count(*) > 1) d"
+            )
+        ).scalar_one()
     assert dup == 0

@@ -31,8 +31,9 @@ def test_downgrade_then_upgrade(services: Services) -> None:
         upgrade_to_head(url)
         downgrade(url, "base")
         eng = create_engine(url)
-        assert not (VIEWS | {"book_snapshots"}) & (set(inspect(eng).get_view_names())
-                                                   | set(inspect(eng).get_table_names()))
+        assert not (VIEWS | {"book_snapshots"}) & (
+            set(inspect(eng).get_view_names()) | set(inspect(eng).get_table_names())
+        )
         eng.dispose()
         upgrade_to_head(url)
         eng = create_engine(url)

@@ -28,9 +28,12 @@ def test_fixture_frames_round_trip_exactly(clean_db: Engine) -> None:
     result = ingest_batch(clean_db, make_batch(batch_id="rt", frames=[(T0 + i, f) for i, f in enumerate(frames)]))
     assert (result.n_books, result.n_rejected) == (len(frames), 0)
     with clean_db.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT symbol, last_update_id, bid_prices::text[], bid_quantities::text[], ask_prices::text[], "
-            "ask_quantities::text[], received_at FROM order_books ORDER BY received_at")).all()
+        rows = conn.execute(
+            text(
+                "SELECT symbol, last_update_id, bid_prices::text[], bid_quantities::text[], ask_prices::text[], "
+                "ask_quantities::text[], received_at FROM order_books ORDER BY received_at"
+            )
+        ).all()
     assert len(rows) == len(frames)
     for i, (raw, row) in enumerate(zip(frames, rows, strict=True)):
         msg = json.loads(raw)
@@ -46,12 +49,16 @@ def test_fixture_frames_round_trip_exactly(clean_db: Engine) -> None:
 
 
 def test_metrics_are_exact_and_prices_match_decimal(clean_db: Engine) -> None:
-    raw = frame(luid=7, bids=[("100.10000000", "1.00000000"), ("100.00000000", "3.00000000")],
-                asks=[("100.30000000", "2.00000000"), ("101.00000000", "2.00000000")])
+    raw = frame(
+        luid=7,
+        bids=[("100.10000000", "1.00000000"), ("100.00000000", "3.00000000")],
+        asks=[("100.30000000", "2.00000000"), ("101.00000000", "2.00000000")],
+    )
     ingest_batch(clean_db, make_batch(batch_id="m", frames=[(T0, raw)]))
     with clean_db.connect() as conn:
-        m = conn.execute(text("SELECT best_bid, best_ask, spread, bid_vwap, ask_vwap, price, crossed "
-                              "FROM book_metrics")).one()
+        m = conn.execute(
+            text("SELECT best_bid, best_ask, spread, bid_vwap, ask_vwap, price, crossed FROM book_metrics")
+        ).one()
     assert m.best_bid == Decimal("100.10000000") and str(m.spread) == "0.20000000"
     bid = (Decimal("100.1") * 1 + Decimal("100") * 3) / 4
     ask = (Decimal("100.3") * 2 + Decimal("101") * 2) / 4
@@ -62,8 +69,9 @@ def test_metrics_are_exact_and_prices_match_decimal(clean_db: Engine) -> None:
 
 
 def test_same_batch_twice_stores_once(clean_db: Engine) -> None:
-    batch = make_batch(batch_id="dup", frames=[(T0 + i, simple_book(100 + i, luid=i)) for i in range(50)]
-                       + [(T0 + 99, "not json")])
+    batch = make_batch(
+        batch_id="dup", frames=[(T0 + i, simple_book(100 + i, luid=i)) for i in range(50)] + [(T0 + 99, "not json")]
+    )
     first = ingest_batch(clean_db, batch)
     second = ingest_batch(clean_db, batch)
     assert (first.n_books, first.duplicate, second.duplicate) == (50, False, True)
@@ -110,8 +118,9 @@ def test_one_sided_and_crossed_books_are_stored_raw_and_flagged(clean_db: Engine
     crossed = frame(luid=2, bids=[("10.5", "1.0")], asks=[("10.4", "1.0")])
     ingest_batch(clean_db, make_batch(batch_id="x", frames=[(T0, one_sided), (T0 + 1, crossed)]))
     with clean_db.connect() as conn:
-        rows = conn.execute(text("SELECT last_update_id, spread, price, bid_vwap, crossed FROM book_metrics "
-                                 "ORDER BY last_update_id")).all()
+        rows = conn.execute(
+            text("SELECT last_update_id, spread, price, bid_vwap, crossed FROM book_metrics ORDER BY last_update_id")
+        ).all()
     assert rows[0].spread is None and rows[0].price is None and rows[0].bid_vwap == 10.0 and not rows[0].crossed
     assert rows[1].spread == Decimal("-0.1") and rows[1].crossed
 
@@ -121,9 +130,10 @@ def test_partitions_are_created_per_utc_day(clean_db: Engine) -> None:
     frames = [(T0 + k * day, simple_book(10, luid=k)) for k in range(3)]
     ingest_batch(clean_db, make_batch(batch_id="days", frames=frames))
     with clean_db.connect() as conn:
-        parts = conn.execute(text(
-            "SELECT count(DISTINCT tableoid) FROM book_snapshots WHERE received_at >= to_timestamp(:t)"),
-            {"t": T0 // 10**9}).scalar_one()
+        parts = conn.execute(
+            text("SELECT count(DISTINCT tableoid) FROM book_snapshots WHERE received_at >= to_timestamp(:t)"),
+            {"t": T0 // 10**9},
+        ).scalar_one()
     assert parts == 3
 
 
@@ -131,9 +141,12 @@ def test_bytes_per_snapshot_is_reported(clean_db: Engine) -> None:
     frames = [(T0 + i * 1_000_000, simple_book(30000 + i, luid=i, levels=20)) for i in range(2000)]
     ingest_batch(clean_db, make_batch(batch_id="size", frames=frames))
     with clean_db.connect() as conn:
-        size = conn.execute(text(
-            "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
-            "WHERE inhparent = 'book_snapshots'::regclass")).scalar_one()
+        size = conn.execute(
+            text(
+                "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+                "WHERE inhparent = 'book_snapshots'::regclass"
+            )
+        ).scalar_one()
     per_row = int(size) / len(frames)
     # A depth20 book is ~1.5 KB of JSON; stored with metrics and indexes it must stay in the same ballpark.
     assert 500 < per_row < 3000, per_row

@@ -33,14 +33,15 @@ def _count(engine: Engine, sql: str) -> int:
         return int(conn.execute(text(sql)).scalar_one())
 
 
-def test_batches_published_by_the_feed_are_stored_once(
-    clean_db: Engine, redis_url: str, worker: Path
-) -> None:
+def test_batches_published_by_the_feed_are_stored_once(clean_db: Engine, redis_url: str, worker: Path) -> None:
     send = make_celery_sender(redis_url)
     now = time.time_ns()
     batches = [
-        make_batch(batch_id=f"w-{b}", frames=[(now + (b * 100 + i) * 1000, simple_book(100 + i, luid=b * 100 + i))
-                                               for i in range(100)] + [(now + b * 1000, "garbage")])
+        make_batch(
+            batch_id=f"w-{b}",
+            frames=[(now + (b * 100 + i) * 1000, simple_book(100 + i, luid=b * 100 + i)) for i in range(100)]
+            + [(now + b * 1000, "garbage")],
+        )
         for b in range(5)
     ]
     for batch in batches:
@@ -56,8 +57,11 @@ def test_batches_published_by_the_feed_are_stored_once(
 def test_averages_task_runs_in_the_worker(clean_db: Engine, redis_url: str, worker: Path) -> None:
     send = make_celery_sender(redis_url)
     t = (int(time.time()) // 60 - 3) * 60  # three minutes ago, aligned
-    send(PendingBatch(make_batch(batch_id="avg", frames=[((t + k) * NS, simple_book(100, luid=k))
-                                                         for k in range(0, 120, 3)])))
+    send(
+        PendingBatch(
+            make_batch(batch_id="avg", frames=[((t + k) * NS, simple_book(100, luid=k)) for k in range(0, 120, 3)])
+        )
+    )
     _wait_for(lambda: _count(clean_db, "SELECT count(*) FROM order_books") == 40)
     app = Celery("test", broker=redis_url, set_as_current=False)
     for w in (30, 60):

@@ -209,12 +209,6 @@ def test_run_drains_the_buffer_before_returning() -> None:
     assert pub.pending_frames() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: feed/publisher.py Publisher.enqueue's overflow loop may drop the head batch while run() is sending "
-    "it; when that send succeeds the batch is counted in both stats.dropped_frames and stats.published_frames and "
-    "an ERROR says it was dropped although it was delivered",
-)
 def test_batch_delivered_while_buffer_overflows_is_not_counted_as_dropped() -> None:
     pub: Publisher
 

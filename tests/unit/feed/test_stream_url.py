@@ -147,21 +147,10 @@ def test_peek_without_a_usable_last_update_id(raw: str, expected: tuple[str | No
     assert peek(raw) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: feed/stream.py peek scans digits with str.isdigit(), which is true for '²' and other non-decimal "
-    "digits; int() then raises ValueError, which escapes StreamClient.run and stops the feed",
-)
 def test_peek_superscript_digit_is_not_a_crash() -> None:
     assert peek('{"stream":"btcusdt@depth5","data":{"lastUpdateId":\u00b2}}') == ("btcusdt@depth5", None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: feed/stream.py peek accepts any str.isdigit() character, so Arabic-Indic digits are read as a "
-    "lastUpdateId (int() accepts them); such a frame can raise the stream's last id and make real frames 'duplicates'",
-)
 def test_peek_reads_ascii_digits_only() -> None:
     arabic_nines = "\u0669" * 19
     assert peek('{"stream":"btcusdt@depth5","data":{"lastUpdateId":' + arabic_nines + "}}") == ("btcusdt@depth5", None)

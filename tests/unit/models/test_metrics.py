@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from decimal import Context, Decimal, localcontext
 
@@ -11,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.book import BookSnapshot, parse_frame
-from models.metrics import BookMetrics, Window, book_metrics, closed_windows, vwap, window_start
+from models.metrics import BookMetrics, book_metrics, closed_range, vwap, window_start
 from tests.factories import RECEIVED_NS, depth_samples, make_book, make_frame
 
 pytestmark = pytest.mark.unit
@@ -312,41 +311,26 @@ def test_window_start_is_the_aligned_window_holding_ts(ts_s: float, window_s: in
     assert window_start(start, window_s) == start
 
 
-def test_window_end() -> None:
-    assert Window(start_s=1_700_000_010, window_s=30).end_s == 1_700_000_040
-
-
-def test_closed_windows_example() -> None:
-    windows = list(closed_windows(now_s=1_700_000_047.0, window_s=30, grace_s=5, lookback_s=120))
-    assert windows == [Window(s, 30) for s in (1_699_999_920, 1_699_999_950, 1_699_999_980, 1_700_000_010)]
+def test_closed_range_example() -> None:
+    # now 47 s past a boundary, 5 s grace: the window [..010, ..040) is closed, [..040, ..070) is not.
+    assert closed_range(from_s=1_699_999_925.0, now_s=1_700_000_047.0, window_s=30, grace_s=5) == (
+        1_699_999_920,
+        1_700_000_040,
+    )
 
 
 @pytest.mark.parametrize(
-    ("now_s", "last_end"),
+    ("now_s", "hi"),
     [(95.0, 90), (94.999, 60), (119.0, 90), (125.0, 120)],
     ids=["ended-exactly-grace-ago", "grace-not-yet-passed", "next-not-closed", "next-closed"],
 )
-def test_closed_windows_grace(now_s: float, last_end: int) -> None:
-    windows = list(closed_windows(now_s=now_s, window_s=30, grace_s=5, lookback_s=60))
-    assert windows[-1].end_s == last_end
+def test_closed_range_grace(now_s: float, hi: int) -> None:
+    assert closed_range(from_s=0.0, now_s=now_s, window_s=30, grace_s=5) == (0, hi)
 
 
-def test_closed_windows_aligned_lookback() -> None:
-    assert list(closed_windows(now_s=120.0, window_s=30, grace_s=0, lookback_s=60)) == [Window(60, 30), Window(90, 30)]
-
-
-def test_closed_windows_none_when_lookback_within_grace() -> None:
-    assert list(closed_windows(now_s=100.0, window_s=30, grace_s=50, lookback_s=10)) == []
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: models/metrics.py closed_windows documents 'started no earlier than now_s - lookback_s' but "
-    "starts at window_start(now_s - lookback_s), the window containing that instant, which starts earlier",
-)
-def test_closed_windows_start_no_earlier_than_lookback() -> None:
-    windows = list(closed_windows(now_s=1000.0, window_s=30, grace_s=0, lookback_s=25))
-    assert all(w.start_s >= 1000.0 - 25 for w in windows)
+def test_closed_range_empty_when_nothing_closed_since_from() -> None:
+    lo, hi = closed_range(from_s=95.0, now_s=100.0, window_s=30, grace_s=50)
+    assert lo == hi
 
 
 @PROPERTY
@@ -356,20 +340,11 @@ def test_closed_windows_start_no_earlier_than_lookback() -> None:
     grace_s=st.floats(0, 120, allow_nan=False),
     lookback_s=st.floats(1, 3600, allow_nan=False),
 )
-def test_closed_windows_properties(now_s: float, window_s: int, grace_s: float, lookback_s: float) -> None:
-    windows = list(closed_windows(now_s=now_s, window_s=window_s, grace_s=grace_s, lookback_s=lookback_s))
-    # Deterministic: a rerun with the same now yields the same windows.
-    assert windows == list(closed_windows(now_s=now_s, window_s=window_s, grace_s=grace_s, lookback_s=lookback_s))
-    for w in windows:
-        assert w.window_s == window_s
-        assert w.start_s % window_s == 0
-        assert w.end_s <= now_s - grace_s  # closed, grace included
-        assert w.start_s > now_s - lookback_s - window_s  # overlaps the lookback
-    # Oldest first, contiguous.
-    assert all(b.start_s == a.end_s for a, b in itertools.pairwise(windows))
-    # Nothing closed that starts inside the lookback is missing.
-    newest_closed_start = window_start(now_s - grace_s, window_s) - window_s
-    if newest_closed_start >= now_s - lookback_s:
-        assert windows
-        assert windows[-1].start_s == newest_closed_start
-        assert windows[0].start_s <= math.ceil((now_s - lookback_s) / window_s) * window_s
+def test_closed_range_properties(now_s: float, window_s: int, grace_s: float, lookback_s: float) -> None:
+    from_s = now_s - lookback_s
+    lo, hi = closed_range(from_s=from_s, now_s=now_s, window_s=window_s, grace_s=grace_s)
+    assert (lo, hi) == closed_range(from_s=from_s, now_s=now_s, window_s=window_s, grace_s=grace_s)
+    assert lo % window_s == 0 and hi % window_s == 0 and lo <= hi
+    assert hi <= now_s - grace_s < hi + window_s  # every closed window, and no open one
+    if lo < hi:
+        assert lo <= from_s < lo + window_s  # starts with the window holding from_s

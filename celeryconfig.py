@@ -15,8 +15,9 @@ except ConfigError as _exc:  # one readable line instead of a traceback from the
 broker_url = _settings.redis_url or "redis://127.0.0.1:6379/0"
 broker_connection_retry_on_startup = True
 broker_transport_options = {
-    # A reserved but unacknowledged task is redelivered after this long: longer than any batch (well under 1 s) plus
-    # the longest retry countdown, so a slow task is never run twice while its first run is alive.
+    # A reserved but unacknowledged task (its worker died, or lost Redis) is redelivered after this long: far longer
+    # than a batch takes (well under 1 s) and than the longest retry countdown (60 s), so a live task is not run
+    # twice in practice; a redelivery would store nothing anyway (batch ids are claimed in the same transaction).
     "visibility_timeout": _settings.visibility_timeout_s,
 }
 

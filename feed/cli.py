@@ -138,6 +138,7 @@ def _cmd_feed(args: argparse.Namespace) -> int:
         max_frame_bytes=s.max_frame_bytes,
         max_reconnect_attempts=s.max_reconnect_attempts,
         duration_s=args.duration,
+        ledger_path=s.ledger_path,
     )
     run_feed(cfg)
     return 0

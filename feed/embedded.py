@@ -56,6 +56,15 @@ class EmbeddedPostgres:
             conn.close()
         return normalise_database_url(str(self._server.get_uri(self.database)))
 
+    def pause(self) -> None:
+        """Stop the server but keep the handle (fault drills): `resume()` starts it again on the same socket."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=self._server.pgdata, user=self._server.system_user)
+
+    def resume(self) -> None:
+        self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         if self._server is not None:
             with contextlib.suppress(Exception):

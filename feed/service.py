@@ -16,7 +16,7 @@ import redis
 
 from feed.batcher import Batcher
 from feed.publisher import PendingBatch, Publisher, make_celery_sender
-from feed.stream import StreamClient
+from feed.stream import StreamClient, peek
 
 __all__ = ["STATS_PREFIX", "FeedConfig", "read_feed_stats", "run_feed"]
 
@@ -37,6 +37,7 @@ class FeedConfig:
     max_frame_bytes: int = 1 << 20
     max_reconnect_attempts: int = 0
     duration_s: float | None = None
+    ledger_path: str | None = None  # audit: one line per forwarded frame (received_ns, stream, lastUpdateId)
 
 
 def run_feed(
@@ -64,9 +65,17 @@ def run_feed(
         gaps.append((start_ns, end_ns, reason))
         logger.warning("feed gap of %.1fs (%s)", (end_ns - start_ns) / 1e9, reason)
 
+    ledger = open(cfg.ledger_path, "a", buffering=1 << 16) if cfg.ledger_path else None  # noqa: SIM115
+
+    def on_frame(received_ns: int, raw: str) -> None:
+        if ledger is not None:
+            stream, luid = peek(raw)
+            ledger.write(f"{received_ns}\t{stream or ''}\t{'' if luid is None else luid}\n")
+        batcher.add((received_ns, raw))
+
     client = StreamClient(
         cfg.url,
-        on_frame=lambda ns, raw: batcher.add((ns, raw)),
+        on_frame=on_frame,
         on_gap=on_gap,
         silence_timeout_s=cfg.silence_timeout_s,
         max_connection_age_s=cfg.max_connection_age_s,
@@ -124,6 +133,8 @@ def run_feed(
         batcher.flush()
         pub_stop.set()
         pub_thread.join()
+        if ledger is not None:
+            ledger.close()
         final = snapshot()
         try:
             stats_client.set(STATS_PREFIX + feed_id, json.dumps(final), ex=60)

@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     averages_grace_s: float = Field(default=5.0, ge=0)
     averages_lookback_s: float = Field(default=600.0, gt=0)
     ingest_max_retries: int = Field(default=30, ge=0)
-    visibility_timeout_s: int = Field(default=3600, ge=60)
+    visibility_timeout_s: int = Field(default=300, ge=10)
+    ledger_path: str | None = None  # feed audit file: one line per forwarded frame (chaos suite)
 
     data_dir: Path = Path(".bookfeed")
     log_format: Literal["auto", "json", "text"] = "auto"

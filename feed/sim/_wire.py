@@ -41,8 +41,10 @@ class FrameWriter:
 
     def write(self, frames: Sequence[bytes]) -> bool:
         """Frame and write ``frames`` now; returns False (and writes nothing) once the connection is closing."""
-        if not frames or not self.is_open:
-            return bool(frames) and False
+        if not self.is_open:
+            return False
+        if not frames:
+            return True
         parts: list[bytes] = []
         for frame in frames:
             parts.append(frame_header(len(frame)))

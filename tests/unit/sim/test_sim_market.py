@@ -1,0 +1,93 @@
+"""Synthetic books: determinism per seed and Binance's partial-depth invariants."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from feed.sim import SymbolBook, book_at, make_spec
+from feed.sim._simfeed import Market
+from feed.sim._symbols import E8
+
+pytestmark = pytest.mark.unit
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "PEPEUSDT", "TRXUSDT", "QWZUSDT", "ABCBTC")
+
+
+def _payloads(symbol: str, seed: int, steps: int, depth: int = 20) -> list[bytes]:
+    book = SymbolBook(make_spec(symbol, seed=seed), seed=seed)
+    out = []
+    for _ in range(steps):
+        book.advance()
+        out.append(book.payload(depth))
+    return out
+
+
+def test_same_seed_same_books() -> None:
+    assert _payloads("BTCUSDT", 7, 300) == _payloads("BTCUSDT", 7, 300)
+
+
+def test_other_seed_other_books() -> None:
+    assert _payloads("BTCUSDT", 7, 5) != _payloads("BTCUSDT", 8, 5)
+
+
+def test_nth_book_depends_on_seed_symbol_n_only() -> None:
+    spec = make_spec("ETHUSDT", seed=3)
+    market = Market([make_spec(s, seed=3) for s in ("BTCUSDT", "ETHUSDT")], seed=3)
+    market.book("BTCUSDT").advance()  # another symbol moving changes nothing for ETHUSDT
+    eth = market.book("ETHUSDT")
+    for _ in range(42):
+        eth.advance()
+    assert eth.payload(20) == book_at(spec, seed=3, n=42).payload(20)
+
+
+@pytest.mark.parametrize("symbol", SYMBOLS)
+@pytest.mark.parametrize("allow_thin", [False, True])
+def test_books_keep_binance_invariants(symbol: str, allow_thin: bool) -> None:
+    spec = make_spec(symbol, seed=11, allow_thin=allow_thin)
+    tick = Decimal(spec.tick_e8) / E8
+    step = Decimal(spec.step_e8) / E8
+    book = SymbolBook(spec, seed=11)
+    previous_id = book.last_update_id
+    for _ in range(2000):
+        book.advance()
+        doc = orjson.loads(book.payload(20))
+        assert list(doc) == ["lastUpdateId", "bids", "asks"]
+        assert doc["lastUpdateId"] > previous_id
+        previous_id = doc["lastUpdateId"]
+        bids = [(Decimal(p), Decimal(q)) for p, q in doc["bids"]]
+        asks = [(Decimal(p), Decimal(q)) for p, q in doc["asks"]]
+        assert 1 <= len(bids) <= 20 and 1 <= len(asks) <= 20
+        assert [p for p, _ in bids] == sorted((p for p, _ in bids), reverse=True)
+        assert [p for p, _ in asks] == sorted(p for p, _ in asks)
+        assert len({p for p, _ in bids}) == len(bids) and len({p for p, _ in asks}) == len(asks)
+        assert bids[0][0] < asks[0][0]
+        for price_text, qty_text in doc["bids"] + doc["asks"]:
+            assert len(price_text.split(".")[1]) == 8 and len(qty_text.split(".")[1]) == 8
+            assert Decimal(price_text) > 0 and Decimal(price_text) % tick == 0
+            assert Decimal(qty_text) > 0 and Decimal(qty_text) % step == 0
+
+
+def test_liquid_symbols_have_twenty_levels_and_depth_limits() -> None:
+    book = book_at(make_spec("BTCUSDT", seed=0), seed=0, n=50)
+    for depth in (5, 10, 20):
+        doc = orjson.loads(book.payload(depth))
+        assert len(doc["bids"]) == depth and len(doc["asks"]) == depth
+
+
+def test_thin_symbols_exist_with_fewer_levels() -> None:
+    levels = {make_spec(f"T{i}XUSDT", seed=1, allow_thin=True).levels for i in range(60)}
+    assert 20 in levels and min(levels) < 20 and min(levels) >= 1
+
+
+def test_update_id_steps_are_irregular() -> None:
+    book = SymbolBook(make_spec("BNBUSDT", seed=2), seed=2)
+    ids = [book.last_update_id]
+    for _ in range(200):
+        book.advance()
+        ids.append(book.last_update_id)
+    steps = {b - a for a, b in itertools.pairwise(ids)}
+    assert min(steps) >= 1 and len(steps) > 5

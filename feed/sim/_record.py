@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 import orjson
 import websocket
@@ -48,8 +48,7 @@ class RecordingWriter:
     """Writes a recording file; use as a context manager so the gzip trailer is always written."""
 
     def __init__(self, path: Path, *, url: str | None) -> None:
-        # The writer owns the handle for its whole life; close() / __exit__ close it.
-        self._file: IO[bytes] = gzip.open(path, "wb", compresslevel=5)  # noqa: SIM115
+        self._file = gzip.GzipFile(path, "wb", compresslevel=5)
         self._file.write(orjson.dumps({"meta": {"format": FORMAT, "url": url}}) + b"\n")
         self.count = 0
 

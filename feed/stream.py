@@ -57,7 +57,8 @@ def peek(raw: str) -> tuple[str | None, int | None]:
     k = j
     while k < len(raw) and "0" <= raw[k] <= "9":  # ASCII only: str.isdigit() accepts "²" and "٩"
         k += 1
-    return stream, (int(raw[j:k]) if j < k <= j + 19 else None)
+    complete = j < k <= j + 19 and k < len(raw) and raw[k] in ",}"
+    return stream, (int(raw[j:k]) if complete else None)
 
 
 class _Reconnect(Exception):
@@ -200,10 +201,12 @@ class StreamClient:
             if event == "reply":
                 return
         elif luid is not None:
-            if luid <= self._last.get(stream, -1):
+            if luid > self._last.get(stream, -1):
+                self._last[stream] = luid
+            elif _is_whole_frame(raw, luid):
                 self.stats.duplicates += 1
                 return
-            self._last[stream] = luid
+            # else: a broken frame that only looks stale (cut inside its id); the worker records it as rejected
         self.stats.frames += 1
         self.stats.last_frame_ns = received_ns
         key = stream or "?"
@@ -215,6 +218,17 @@ class StreamClient:
         return urlunsplit((p.scheme, p.hostname or "", p.path, "", "")) + (
             f" ({p.query.count('/') + 1} streams)" if p.query else ""
         )
+
+
+def _is_whole_frame(raw: str, luid: int) -> bool:
+    """True when `raw` really is a partial-depth frame with this lastUpdateId. Only frames about to be dropped as
+    stale are parsed in full, so a truncated or otherwise broken frame is never dropped in silence."""
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    data = msg.get("data") if isinstance(msg, dict) else None
+    return isinstance(data, dict) and type(data.get("lastUpdateId")) is int and data["lastUpdateId"] == luid
 
 
 def _control_event(raw: str) -> str | None:

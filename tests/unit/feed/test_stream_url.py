@@ -154,3 +154,12 @@ def test_peek_superscript_digit_is_not_a_crash() -> None:
 def test_peek_reads_ascii_digits_only() -> None:
     arabic_nines = "\u0669" * 19
     assert peek('{"stream":"btcusdt@depth5","data":{"lastUpdateId":' + arabic_nines + "}}") == ("btcusdt@depth5", None)
+
+
+@pytest.mark.parametrize("cut", [30, 40, 45, 48])
+def test_peek_truncated_frame_has_no_last_update_id(cut: int) -> None:
+    # A frame cut inside its lastUpdateId must not read as a smaller (stale) id: the feed would drop it.
+    raw = '{"stream":"btcusdt@depth20","data":{"lastUpdateId":6643542120,"bids":[],"asks":[]}}'
+    stream, luid = peek(raw[:cut])
+    assert luid is None or luid == 6643542120
+    assert peek(raw) == ("btcusdt@depth20", 6643542120)

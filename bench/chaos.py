@@ -273,7 +273,8 @@ def analyse(d: Drill, engine: Engine, final_now: float) -> dict[str, Any]:
               HAVING date_bin(make_interval(secs => w), max(received_at), TIMESTAMPTZ '1970-01-01 00:00:00+00')
                      + make_interval(secs => w) <= to_timestamp(:now))
             SELECT count(*) FROM expected e FULL JOIN price_average_windows a
-              ON (a.exchange, a.symbol, a.window_seconds, a.window_start) = (e.exchange, e.symbol, e.window_seconds, e.ws)
+              ON (a.exchange, a.symbol, a.window_seconds, a.window_start)
+               = (e.exchange, e.symbol, e.window_seconds, e.ws)
             WHERE (e.ws IS NOT NULL AND a.window_start IS NULL)
                OR (a.window_start IS NOT NULL AND e.ws IS NULL
                    AND a.window_start + make_interval(secs => a.window_seconds) <= to_timestamp(:now))

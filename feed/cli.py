@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from feed.sim.commands import register as register_sim_commands
 from models.errors import ConfigError, PipelineError, RetriesExhaustedError
 from models.logconfig import configure_logging
 from models.settings import Settings, load_settings
@@ -80,12 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("migrate", help="apply the database migrations (needs DATABASE_URL)")
     mg.set_defaults(func=_cmd_migrate)
 
-    try:
-        from feed.sim.commands import register
-    except ModuleNotFoundError:  # pragma: no cover - the simulator is being written
-        pass
-    else:
-        register(sub)
+    register_sim_commands(sub)
     return parser
 
 

@@ -40,10 +40,10 @@ class EmbeddedPostgres:
     _server: Any = None
 
     def start(self) -> str:
-        import pgserver  # imported late: it is heavy and only needed without DATABASE_URL
+        from pgserver.postgres_server import get_server  # late: heavy, only needed without DATABASE_URL
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        self._server = get_server(self.data_dir, cleanup_mode="stop")
         admin = self._server.get_uri()
         conn = psycopg2.connect(admin)
         try:
@@ -58,7 +58,7 @@ class EmbeddedPostgres:
 
     def pause(self) -> None:
         """Stop the server but keep the handle (fault drills): `resume()` starts it again on the same socket."""
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         pg_ctl(["-w", "stop", "-m", "fast"], pgdata=self._server.pgdata, user=self._server.system_user)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -114,10 +115,9 @@ def run_feed(
             batcher.flush_if_due()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + 1.0
-                try:
+                # Stats are best effort; the publisher reports broker trouble.
+                with contextlib.suppress(redis.RedisError):
                     stats_client.set(STATS_PREFIX + feed_id, json.dumps(snapshot()), ex=15)
-                except redis.RedisError:
-                    pass  # stats are best effort; the publisher reports broker trouble
 
     tick = threading.Thread(target=ticker, name="ticker", daemon=True)
     tick.start()
@@ -136,10 +136,8 @@ def run_feed(
         if ledger is not None:
             ledger.close()
         final = snapshot()
-        try:
+        with contextlib.suppress(redis.RedisError):
             stats_client.set(STATS_PREFIX + feed_id, json.dumps(final), ex=60)
-        except redis.RedisError:
-            pass
         logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
     return final
 

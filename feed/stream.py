@@ -4,6 +4,7 @@ time stamped first; nothing here parses more than the stream name and lastUpdate
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -65,7 +66,7 @@ class _Reconnect(Exception):
     pass
 
 
-class _CappedFrameBuffer(frame_buffer):  # type: ignore[misc]
+class _CappedFrameBuffer(frame_buffer):
     """websocket-client has no frame size limit: refuse a frame whose header announces more than `max_bytes`."""
 
     max_bytes = 1 << 20
@@ -147,10 +148,8 @@ class StreamClient:
             finally:
                 self.stats.connected = False
                 gap_start = self.stats.last_frame_ns or gap_start
-                try:
+                with contextlib.suppress(Exception):  # closing a broken socket may fail; it is gone either way
                     ws.close(timeout=1)
-                except Exception:  # closing a broken socket may fail; it is gone either way
-                    pass
             if not stop.is_set():
                 self.stats.reconnects += 1
                 logger.warning("reconnecting: %s", reason)
@@ -160,7 +159,7 @@ class StreamClient:
         buf = _CappedFrameBuffer(ws._recv, True)
         buf.max_bytes = self._max_frame_bytes
         ws.frame_buffer = buf
-        ws.connect(self.url, timeout=10, suppress_origin=True)
+        ws.connect(self.url, timeout=10, suppress_origin=True)  # type: ignore[no-untyped-call]
         ws.settimeout(min(1.0, self._silence_ns / 1e9))
         return ws
 

@@ -267,7 +267,8 @@ class _Display:
             rows = conn.execute(
                 text(
                     "SELECT symbol, window_seconds, window_start, avg_price, samples FROM ("
-                    "  SELECT *, row_number() OVER (PARTITION BY symbol, window_seconds ORDER BY window_start DESC) AS n"
+                    "  SELECT *, row_number() OVER (PARTITION BY symbol, window_seconds"
+                    "                               ORDER BY window_start DESC) AS n"
                     "  FROM price_averages) a WHERE n <= 2 ORDER BY symbol, window_seconds, window_start"
                 )
             ).all()

@@ -2,7 +2,8 @@
 
 A batch is a JSON object ``{"v": 1, "exchange": "binance", "batch_id": str, "frames": [[received_ns, raw], ...]}``:
 ``received_ns`` is the feed's receive time (int, ns since the Unix epoch, UTC) and ``raw`` the frame text exactly as
-the websocket delivered it (a combined-stream wrapper ``{"stream": ..., "data": ...}``). Parsing happens once, in the worker.
+the websocket delivered it (a combined-stream wrapper ``{"stream": ..., "data": ...}``). Parsing happens once,
+in the worker.
 """
 
 from __future__ import annotations

@@ -11,11 +11,14 @@ from sqlalchemy import Engine, text
 def assert_metrics_exact(engine: Engine) -> int:
     """Recompute every stored book's metrics from its levels with 80-digit decimals; returns books checked."""
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT o.bid_prices::text[], o.bid_quantities::text[], o.ask_prices::text[], o.ask_quantities::text[], "
-            "m.best_bid, m.best_ask, m.spread, m.bid_vwap, m.ask_vwap, m.price, m.crossed "
-            "FROM order_books o JOIN book_metrics m USING (exchange, symbol, received_at, last_update_id, depth)"
-        )).all()
+        rows = conn.execute(
+            text(
+                "SELECT o.bid_prices::text[], o.bid_quantities::text[], o.ask_prices::text[], "
+                "o.ask_quantities::text[], "
+                "m.best_bid, m.best_ask, m.spread, m.bid_vwap, m.ask_vwap, m.price, m.crossed "
+                "FROM order_books o JOIN book_metrics m USING (exchange, symbol, received_at, last_update_id, depth)"
+            )
+        ).all()
     with localcontext() as ctx:
         ctx.prec = 80
         for bp, bq, ap, aq, best_bid, best_ask, spread, bid_vwap, ask_vwap, price, crossed in rows:
@@ -36,8 +39,11 @@ def assert_metrics_exact(engine: Engine) -> int:
 def averages_mismatches(engine: Engine, *, closed_before_s: float) -> list[tuple[object, ...]]:
     """Windows (30 s and 60 s) ending by `closed_before_s` whose stored row is missing, extra or wrong."""
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            """
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    """
             WITH expected AS (
               SELECT exchange, symbol, w AS window_seconds,
                      date_bin(make_interval(secs => w), received_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS ws,
@@ -54,7 +60,11 @@ def averages_mismatches(engine: Engine, *, closed_before_s: float) -> list[tuple
                = (e.exchange, e.symbol, e.window_seconds, e.ws)
             WHERE e.ws IS NULL OR a.window_start IS NULL OR a.samples <> e.samples
                OR abs(a.avg_price - e.avg_price) > 1e-9 * abs(e.avg_price)
-            """), {"t": closed_before_s})]
+            """
+                ),
+                {"t": closed_before_s},
+            )
+        ]
 
 
 def read_ledger(path: Path) -> list[tuple[int, str, int | None]]:
@@ -68,11 +78,21 @@ def read_ledger(path: Path) -> list[tuple[int, str, int | None]]:
 def unaccounted_frames(engine: Engine, ledger: list[tuple[int, str, int | None]]) -> list[tuple[int, str, int | None]]:
     """Ledger entries (frames the feed forwarded) that are neither a stored book nor a rejected frame."""
     with engine.connect() as conn:
-        books = {(s, luid, us) for s, luid, us in conn.execute(text(
-            "SELECT lower(symbol), last_update_id, (extract(epoch FROM received_at) * 1000000)::bigint "
-            "FROM book_snapshots"))}
-        rejected = {us for (us,) in conn.execute(text(
-            "SELECT (extract(epoch FROM received_at) * 1000000)::bigint FROM rejected_frames"))}
+        books = {
+            (s, luid, us)
+            for s, luid, us in conn.execute(
+                text(
+                    "SELECT lower(symbol), last_update_id, (extract(epoch FROM received_at) * 1000000)::bigint "
+                    "FROM book_snapshots"
+                )
+            )
+        }
+        rejected = {
+            us
+            for (us,) in conn.execute(
+                text("SELECT (extract(epoch FROM received_at) * 1000000)::bigint FROM rejected_frames")
+            )
+        }
     missing = []
     for ns, stream, luid in ledger:
         us = ns // 1000
@@ -84,6 +104,8 @@ def unaccounted_frames(engine: Engine, ledger: list[tuple[int, str, int | None]]
 
 def duplicated_books(engine: Engine) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) - count(DISTINCT (exchange, symbol, depth, last_update_id)) FROM book_snapshots"
-        )).scalar_one())
+        return int(
+            conn.execute(
+                text("SELECT count(*) - count(DISTINCT (exchange, symbol, depth, last_update_id)) FROM book_snapshots")
+            ).scalar_one()
+        )

@@ -25,9 +25,16 @@ N_FRAMES = 400
 
 def _stored(engine: Engine) -> tuple[set[tuple[object, ...]], set[str]]:
     with engine.connect() as conn:
-        books = {tuple(tuple(v) if isinstance(v, list) else v for v in r) for r in conn.execute(text(
-            "SELECT symbol, depth, last_update_id, bid_prices::text[], bid_quantities::text[], ask_prices::text[], "
-            "ask_quantities::text[] FROM order_books"))}
+        books = {
+            tuple(tuple(v) if isinstance(v, list) else v for v in r)
+            for r in conn.execute(
+                text(
+                    "SELECT symbol, depth, last_update_id, bid_prices::text[], bid_quantities::text[], "
+                    "ask_prices::text[], "
+                    "ask_quantities::text[] FROM order_books"
+                )
+            )
+        }
         rejected = {r for (r,) in conn.execute(text("SELECT raw FROM rejected_messages"))}
     return books, rejected
 
@@ -43,8 +50,9 @@ def _replay_through_pipeline(recording: Path, redis_url: str, engine: Engine) ->
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with engine.connect() as conn:
-                n = conn.execute(text("SELECT (SELECT count(*) FROM book_snapshots) + "
-                                      "(SELECT count(*) FROM rejected_frames)")).scalar_one()
+                n = conn.execute(
+                    text("SELECT (SELECT count(*) FROM book_snapshots) + (SELECT count(*) FROM rejected_frames)")
+                ).scalar_one()
             if n >= N_FRAMES:
                 break
             time.sleep(0.2)
@@ -60,8 +68,22 @@ def test_recorded_frames_replay_into_identical_books(
     faults = FaultConfig(malformed_fraction=0.03, crossed_fraction=0.02, one_sided_fraction=0.02)
     with SimulatorThread(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), seed=5, rate=400.0, faults=faults)) as sim:
         rec = subprocess.run(
-            [sys.executable, "-m", "feed.cli", "record", "--url", sim.url(STREAMS), "--out", str(path),
-             "--max-frames", str(N_FRAMES)], capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "feed.cli",
+                "record",
+                "--url",
+                sim.url(STREAMS),
+                "--out",
+                str(path),
+                "--max-frames",
+                str(N_FRAMES),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert rec.returncode == 0, rec.stdout + rec.stderr
     recording = read_recording(path)
     assert len(recording.frames) == N_FRAMES

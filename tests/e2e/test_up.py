@@ -50,13 +50,34 @@ def test_up_stores_every_frame_once_with_exact_metrics_and_averages(
     with SimulatorThread(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), seed=11, rate=60.0, faults=faults)) as sim:
         url = sim.url(["btcusdt@depth20", "ethusdt@depth10"])
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKFEED_")}
-        env.update(DATABASE_URL=db_url, REDIS_URL=redis_url, BOOKFEED_LEDGER_PATH=str(ledger),
-                   BOOKFEED_DATA_DIR=str(tmp_path / "data"))
+        env.update(
+            DATABASE_URL=db_url,
+            REDIS_URL=redis_url,
+            BOOKFEED_LEDGER_PATH=str(ledger),
+            BOOKFEED_DATA_DIR=str(tmp_path / "data"),
+        )
         started_at = time.time()
         proc = subprocess.run(
-            [sys.executable, "-m", "feed.cli", "up", "--url", url, "--duration", str(DURATION_S), "--workers", "2",
-             "--interval", "5", "--flower-port", str(free_port())],
-            env=env, capture_output=True, text=True, timeout=DURATION_S + 240,
+            [
+                sys.executable,
+                "-m",
+                "feed.cli",
+                "up",
+                "--url",
+                url,
+                "--duration",
+                str(DURATION_S),
+                "--workers",
+                "2",
+                "--interval",
+                "5",
+                "--flower-port",
+                str(free_port()),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DURATION_S + 240,
         )
         sent = sum(int(v) for v in sim.stats()["frames"].values())
     out = proc.stdout
@@ -74,8 +95,9 @@ def test_up_stores_every_frame_once_with_exact_metrics_and_averages(
         rejected = conn.execute(text("SELECT count(*) FROM rejected_messages")).scalar_one()
         depths = dict(conn.execute(text("SELECT symbol, max(depth) FROM order_books GROUP BY symbol")).all())
         crossed = conn.execute(text("SELECT count(*) FROM book_metrics WHERE crossed")).scalar_one()
-        windows = dict(conn.execute(text(
-            "SELECT window_seconds, count(*) FROM price_averages GROUP BY window_seconds")).all())
+        windows = dict(
+            conn.execute(text("SELECT window_seconds, count(*) FROM price_averages GROUP BY window_seconds")).all()
+        )
     assert books + rejected == len(frames)
     assert rejected > 0 and crossed > 0  # the injected faults arrived and were handled
     assert depths == {"BTCUSDT": 20, "ETHUSDT": 10}

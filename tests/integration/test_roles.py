@@ -20,7 +20,7 @@ T0 = 1_790_000_000_000_000_000
 
 def _denied(conn: Connection, role: str, sql: str) -> None:
     conn.execute(text(f"SET ROLE {role}"))  # undone by the rollback below, so set for every statement
-    with pytest.raises(ProgrammingError, match="permission denied|must be owner"):
+    with pytest.raises(ProgrammingError, match=r"permission denied|must be owner"):
         conn.execute(text(sql))
     conn.rollback()
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import Engine, text
 
 from models.messages import make_batch
-from workers.ingest import ingest_batch
 from tests.integration._frames import diff_depth_frame, fixture_frames, frame, simple_book
+from workers.ingest import ingest_batch
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +81,7 @@ def test_same_batch_twice_stores_once(clean_db: Engine) -> None:
 def test_frames_republished_in_another_batch_are_not_stored_twice(clean_db: Engine) -> None:
     frames = [(T0 + i, simple_book(100 + i, luid=i)) for i in range(20)]
     ingest_batch(clean_db, make_batch(batch_id="a", frames=frames[:12]))
-    ingest_batch(clean_db, make_batch(batch_id="b", frames=frames[8:] + [(T0 + 99, "{}")]))
+    ingest_batch(clean_db, make_batch(batch_id="b", frames=[*frames[8:], (T0 + 99, "{}")]))
     assert _count(clean_db, "SELECT count(*) FROM order_books") == 20
     assert _count(clean_db, "SELECT count(DISTINCT last_update_id) FROM order_books") == 20
     assert _count(clean_db, "SELECT count(*) FROM rejected_messages") == 1

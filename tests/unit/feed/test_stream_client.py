@@ -20,8 +20,9 @@ def _frame(luid: int, stream: str = "btcusdt@depth20") -> str:
 
 def test_stale_and_repeated_frames_are_dropped_and_counted_per_stream() -> None:
     client, got = _client()
-    for ns, raw in enumerate([_frame(10), _frame(12), _frame(12), _frame(11), _frame(5, "ethusdt@depth20"),
-                              _frame(13)]):
+    for ns, raw in enumerate(
+        [_frame(10), _frame(12), _frame(12), _frame(11), _frame(5, "ethusdt@depth20"), _frame(13)]
+    ):
         client._handle(ns, raw)
     assert [raw for _, raw in got] == [_frame(10), _frame(12), _frame(5, "ethusdt@depth20"), _frame(13)]
     assert client.stats.duplicates == 2

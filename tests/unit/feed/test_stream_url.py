@@ -160,6 +160,6 @@ def test_peek_reads_ascii_digits_only() -> None:
 def test_peek_truncated_frame_has_no_last_update_id(cut: int) -> None:
     # A frame cut inside its lastUpdateId must not read as a smaller (stale) id: the feed would drop it.
     raw = '{"stream":"btcusdt@depth20","data":{"lastUpdateId":6643542120,"bids":[],"asks":[]}}'
-    stream, luid = peek(raw[:cut])
+    _stream, luid = peek(raw[:cut])
     assert luid is None or luid == 6643542120
     assert peek(raw) == ("btcusdt@depth20", 6643542120)

@@ -4,7 +4,7 @@ it covers; see README "Delivery promise"."""
 from __future__ import annotations
 
 from models.errors import ConfigError
-from models.messages import AVERAGES_TASK, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE
+from models.messages import AVERAGES_TASK, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE, transport_options
 from models.settings import get_settings
 
 try:
@@ -19,6 +19,7 @@ broker_transport_options = {
     # than a batch takes (well under 1 s) and than the longest retry countdown (60 s), so a live task is not run
     # twice in practice; a redelivery would store nothing anyway (batch ids are claimed in the same transaction).
     "visibility_timeout": _settings.visibility_timeout_s,
+    **transport_options(_settings.broker_key_prefix),
 }
 
 # Results are never read: storing them would only fill Redis.

@@ -135,6 +135,7 @@ def _cmd_feed(args: argparse.Namespace) -> int:
         max_reconnect_attempts=s.max_reconnect_attempts,
         duration_s=args.duration,
         ledger_path=s.ledger_path,
+        key_prefix=s.broker_key_prefix,
     )
     run_feed(cfg)
     return 0

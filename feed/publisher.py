@@ -18,9 +18,9 @@ from typing import Any
 
 from celery import Celery
 
-from models.messages import EXCHANGE, INGEST_QUEUE, INGEST_TASK, Batch, make_batch
+from models.messages import EXCHANGE, INGEST_QUEUE, INGEST_TASK, Batch, make_batch, transport_options
 
-__all__ = ["PendingBatch", "Publisher", "PublisherStats", "make_celery_sender"]
+__all__ = ["PendingBatch", "Publisher", "PublisherStats", "broker_app", "make_celery_sender"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,20 +142,26 @@ class Publisher:
                 self.stats.buffered_frames = self._buffered
 
 
-def make_celery_sender(redis_url: str) -> Callable[[PendingBatch], None]:
-    """A `send` for Publisher: one Celery task per batch, by name (the feed never imports worker code)."""
-
-    app = Celery("bookfeed-feed", broker=redis_url, set_as_current=False)
+def broker_app(redis_url: str, *, key_prefix: str = "", name: str = "bookfeed-feed") -> Celery:
+    """A Celery app that only publishes (tasks by name), configured like the workers' broker side."""
+    app = Celery(name, broker=redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         broker_connection_retry_on_startup=True,
         broker_transport_options={
+            **transport_options(key_prefix),
             # Frames are text already: skip kombu's base64 layer (a third more bytes in Redis, and CPU).
             "body_encoding": None,
             "socket_timeout": 5,
             "socket_connect_timeout": 3,
         },
     )
+    return app
+
+
+def make_celery_sender(redis_url: str, *, key_prefix: str = "") -> Callable[[PendingBatch], None]:
+    """A `send` for Publisher: one Celery task per batch, by name (the feed never imports worker code)."""
+    app = broker_app(redis_url, key_prefix=key_prefix)
 
     def send(pending: PendingBatch) -> None:
         app.send_task(INGEST_TASK, args=[pending.batch], queue=INGEST_QUEUE, retry=False)

@@ -38,6 +38,7 @@ class FeedConfig:
     max_frame_bytes: int = 1 << 20
     max_reconnect_attempts: int = 0
     duration_s: float | None = None
+    key_prefix: str = ""  # Redis key prefix shared with the workers (BOOKFEED_BROKER_KEY_PREFIX)
     ledger_path: str | None = None  # audit: one line per forwarded frame (received_ns, stream, lastUpdateId)
 
 
@@ -52,7 +53,9 @@ def run_feed(
     stop = stop or threading.Event()
     feed_id = uuid.uuid4().hex[:12]
     publisher = Publisher(
-        send or make_celery_sender(cfg.redis_url), max_buffered_frames=cfg.buffer_max_frames, feed_id=feed_id
+        send or make_celery_sender(cfg.redis_url, key_prefix=cfg.key_prefix),
+        max_buffered_frames=cfg.buffer_max_frames,
+        feed_id=feed_id,
     )
     batcher = Batcher(
         max_frames=cfg.batch_max_frames,
@@ -90,6 +93,7 @@ def run_feed(
     pub_stop = threading.Event()
     pub_thread = threading.Thread(target=publisher.run, args=(pub_stop,), name="publisher", daemon=True)
     pub_thread.start()
+    stats_key = cfg.key_prefix + STATS_PREFIX + feed_id
     stats_client = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
 
     def snapshot() -> dict[str, Any]:
@@ -117,7 +121,7 @@ def run_feed(
                 next_stats = time.monotonic() + 1.0
                 # Stats are best effort; the publisher reports broker trouble.
                 with contextlib.suppress(redis.RedisError):
-                    stats_client.set(STATS_PREFIX + feed_id, json.dumps(snapshot()), ex=15)
+                    stats_client.set(stats_key, json.dumps(snapshot()), ex=15)
 
     tick = threading.Thread(target=ticker, name="ticker", daemon=True)
     tick.start()
@@ -137,15 +141,15 @@ def run_feed(
             ledger.close()
         final = snapshot()
         with contextlib.suppress(redis.RedisError):
-            stats_client.set(STATS_PREFIX + feed_id, json.dumps(final), ex=60)
+            stats_client.set(stats_key, json.dumps(final), ex=60)
         logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
     return final
 
 
-def read_feed_stats(client: redis.Redis) -> list[dict[str, Any]]:
+def read_feed_stats(client: redis.Redis, key_prefix: str = "") -> list[dict[str, Any]]:
     """Every live feed's latest stats (as written by run_feed)."""
     out = []
-    for key in client.scan_iter(STATS_PREFIX + "*"):
+    for key in client.scan_iter(key_prefix + STATS_PREFIX + "*"):
         raw = client.get(key)
         if raw:
             out.append(json.loads(raw))

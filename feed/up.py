@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 
 from feed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from feed.publisher import broker_app
 from feed.service import read_feed_stats
 from models.messages import AVERAGES_TASK, INGEST_QUEUE, METRICS_QUEUE
 from models.schema import upgrade_to_head
@@ -144,7 +144,7 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
             "rejected_messages)"
         )
         out(f"logs:       {logs}")
-        return _supervise(procs, db_url, redis_url, opts, out)
+        return _supervise(procs, db_url, redis_url, settings.broker_key_prefix, opts, out)
     finally:
         if procs is not None:
             for name in ("feed", "simulator", "beat", "flower", "worker"):
@@ -155,13 +155,15 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
             pg.stop()
 
 
-def _supervise(procs: _Procs, db_url: str, redis_url: str, opts: UpOptions, out: Callable[[str], None]) -> int:
+def _supervise(
+    procs: _Procs, db_url: str, redis_url: str, prefix: str, opts: UpOptions, out: Callable[[str], None]
+) -> int:
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     engine = create_engine(db_url, pool_size=1, pool_pre_ping=True)
-    client = redis.Redis.from_url(redis_url)
+    broker = _Broker(redis.Redis.from_url(redis_url), prefix)
     deadline = None if opts.duration_s is None else time.monotonic() + opts.duration_s
-    display = _Display(engine, client, out)
+    display = _Display(engine, broker, out)
     try:
         while not stop.wait(opts.interval_s):
             problem = procs.check()
@@ -174,13 +176,13 @@ def _supervise(procs: _Procs, db_url: str, redis_url: str, opts: UpOptions, out:
         out("stopping: feed first, then draining the queue")
         procs.stop("feed", timeout=60)
         stop_ns = time.time()
-        if not _drain(client, opts.drain_timeout_s, out):
+        if not _drain(broker, opts.drain_timeout_s, out):
             out("error: the queue did not drain in time; stored data is complete up to what was processed")
             return 1
-        app = Celery("bookfeed-up", broker=redis_url, set_as_current=False)
+        app = broker_app(redis_url, key_prefix=prefix, name="bookfeed-up")
         for w in (30, 60):
             app.send_task(AVERAGES_TASK, kwargs={"window_s": w, "now_s": stop_ns, "grace_s": 0.0}, queue=METRICS_QUEUE)
-        if not _drain(client, opts.drain_timeout_s, out):
+        if not _drain(broker, opts.drain_timeout_s, out):
             return 1
         display.summary()
         return 0
@@ -190,15 +192,30 @@ def _supervise(procs: _Procs, db_url: str, redis_url: str, opts: UpOptions, out:
         engine.dispose()
 
 
-def _drain(client: redis.Redis, timeout_s: float, out: Callable[[str], None]) -> bool:
-    """Wait until no task is queued or reserved (with acks_late, reserved tasks sit in the 'unacked' hash)."""
+@dataclass(frozen=True)
+class _Broker:
+    """Read-only view of the Celery queues in Redis (kombu's key layout, under the deployment's key prefix)."""
+
+    client: redis.Redis
+    prefix: str = ""
+
+    def queued(self, queue: str = INGEST_QUEUE) -> int:
+        return int(self.client.llen(self.prefix + queue))
+
+    def pending(self) -> int:
+        """Tasks queued or reserved (with acks_late, reserved tasks sit in the 'unacked' hash until acknowledged)."""
+        return self.queued(INGEST_QUEUE) + self.queued(METRICS_QUEUE) + int(self.client.hlen(self.prefix + "unacked"))
+
+
+def _drain(broker: _Broker, timeout_s: float, out: Callable[[str], None]) -> bool:
+    """Wait until no task is queued or reserved, twice in a row half a second apart."""
     deadline = time.monotonic() + timeout_s
     last = -1
     while time.monotonic() < deadline:
-        n = int(client.llen(INGEST_QUEUE)) + int(client.llen(METRICS_QUEUE)) + int(client.hlen("unacked"))
+        n = broker.pending()
         if n == 0:
             time.sleep(0.5)
-            if int(client.llen(INGEST_QUEUE)) + int(client.hlen("unacked")) == 0:
+            if broker.pending() == 0:
                 return True
         if n != last:
             out(f"  draining: {n} task(s) left")
@@ -210,17 +227,17 @@ def _drain(client: redis.Redis, timeout_s: float, out: Callable[[str], None]) ->
 class _Display:
     """One line per symbol: frames/s, last price and spread, latest 30 s and 1 min averages, queue depth."""
 
-    def __init__(self, engine: Engine, client: redis.Redis, out: Callable[[str], None]) -> None:
-        self.engine, self.client, self.out = engine, client, out
+    def __init__(self, engine: Engine, broker: _Broker, out: Callable[[str], None]) -> None:
+        self.engine, self.broker, self.out = engine, broker, out
         self.prev: dict[str, tuple[float, int]] = {}
 
     def tick(self) -> None:
-        stats = read_feed_stats(self.client)
+        stats = read_feed_stats(self.broker.client, self.broker.prefix)
         streams: dict[str, int] = {}
         for s in stats:
             for k, v in s.get("per_stream", {}).items():
                 streams[k] = streams.get(k, 0) + int(v)
-        queue = int(self.client.llen(INGEST_QUEUE))
+        queue = self.broker.queued()
         now = time.monotonic()
         lines = []
         with self.engine.connect() as conn:
@@ -289,6 +306,7 @@ def _feed_env(s: Settings) -> dict[str, str]:
         "BOOKFEED_BATCH_MAX_FRAMES": str(s.batch_max_frames),
         "BOOKFEED_BATCH_MAX_WAIT_MS": str(s.batch_max_wait_ms),
         "BOOKFEED_DATA_DIR": str(s.data_dir.resolve()),
+        "BOOKFEED_BROKER_KEY_PREFIX": s.broker_key_prefix,
     }
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "PAYLOAD_VERSION",
     "Batch",
     "make_batch",
+    "transport_options",
 ]
 
 EXCHANGE: Final = "binance"
@@ -41,3 +42,9 @@ class Batch(TypedDict):
 def make_batch(*, batch_id: str, frames: list[tuple[int, str]], exchange: str = EXCHANGE) -> Batch:
     """Build the payload of one ingest task from (received_ns, raw text) pairs."""
     return {"v": PAYLOAD_VERSION, "exchange": exchange, "batch_id": batch_id, "frames": [list(f) for f in frames]}
+
+
+def transport_options(key_prefix: str = "") -> dict[str, Any]:
+    """kombu Redis transport options every producer and consumer must share. A key prefix lets several deployments
+    (or test runs) share one Redis database without seeing each other's queues."""
+    return {"global_keyprefix": key_prefix} if key_prefix else {}

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     averages_lookback_s: float = Field(default=600.0, gt=0)
     ingest_max_retries: int = Field(default=30, ge=0)
     visibility_timeout_s: int = Field(default=300, ge=10)
+    broker_key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
     ledger_path: str | None = None  # feed audit file: one line per forwarded frame (chaos suite)
 
     data_dir: Path = Path(".bookfeed")

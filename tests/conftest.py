@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, create_engine, text
 
 from tests.services import (
     Services,
     create_database,
     drop_database,
-    redis_db_url,
     start_services,
     start_worker,
     stop_process,
 )
 
 TEST_REDIS_DB = int(os.environ.get("BOOKFEED_TEST_REDIS_DB", "15"))
+# Every run's queues live under their own key prefix, so runs sharing a Redis never see each other's tasks.
+BROKER_PREFIX = f"bookfeed-test-{uuid.uuid4().hex[:8]}:"
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +43,18 @@ def database_url(services: Services) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(services: Services) -> str:
-    return redis_db_url(services.redis_base, TEST_REDIS_DB)
+def redis_url(services: Services) -> Iterator[str]:
+    url = f"{services.redis_base}/{TEST_REDIS_DB}"
+    yield url
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(BROKER_PREFIX + "*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def broker_prefix() -> str:
+    return BROKER_PREFIX
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +76,15 @@ def clean_db(engine: Engine) -> Engine:
 
 def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKFEED_")}
-    env.update({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "BOOKFEED_LOG_FORMAT": "text", **extra})
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "BOOKFEED_LOG_FORMAT": "text",
+            "BOOKFEED_BROKER_KEY_PREFIX": BROKER_PREFIX,
+            **extra,
+        }
+    )
     return env
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
-import redis
 from sqlalchemy.engine import make_url
 
 from feed.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -77,12 +76,6 @@ def drop_database(admin_url: str, url: str) -> None:
     with conn.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     conn.close()
-
-
-def redis_db_url(base: str, db: int) -> str:
-    url = f"{base}/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 def start_worker(env: dict[str, str], log: Path, *, concurrency: int = 2, name: str = "test") -> subprocess.Popen:

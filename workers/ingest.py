@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Engine
 
 from models.book import BookSnapshot, parse_frame
@@ -34,6 +33,7 @@ class ParsedBatch:
     batch_id: str
     exchange: str
     books: list[tuple[BookSnapshot, BookMetrics]]
+    raws: list[str]  # the frame text of each book, for the rare book PostgreSQL refuses
     rejected: list[Rejected]
 
 
@@ -64,6 +64,7 @@ def parse_batch(payload: Any) -> ParsedBatch:
     if not isinstance(batch_id, str) or not isinstance(exchange, str) or not isinstance(frames, list):
         raise InvalidBookError("batch payload lacks batch_id, exchange or frames")
     books: list[tuple[BookSnapshot, BookMetrics]] = []
+    raws: list[str] = []
     rejected: list[Rejected] = []
     for item in frames:
         if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and isinstance(item[1], str)):
@@ -76,7 +77,8 @@ def parse_batch(payload: Any) -> ParsedBatch:
             rejected.append(Rejected(received_ns, exc.reason, raw))
             continue
         books.append((book, book_metrics(book)))
-    return ParsedBatch(batch_id=batch_id, exchange=exchange, books=books, rejected=rejected)
+        raws.append(raw)
+    return ParsedBatch(batch_id=batch_id, exchange=exchange, books=books, raws=raws, rejected=rejected)
 
 
 def ingest_batch(engine: Engine, payload: Any) -> IngestResult:
@@ -91,18 +93,18 @@ def ingest_batch(engine: Engine, payload: Any) -> IngestResult:
                 storage.ensure_partitions(conn, days - _known_days)
             _known_days.update(days)
     try:
-        stored = _store(engine, batch)
+        counts = _store(engine, batch)
     except TransientStorageError:
         raise
     except StorageError as exc:
         logger.warning("batch %s failed as a whole (%s); storing frame by frame", batch.batch_id, exc)
-        stored = _store_one_by_one(engine, batch)
-    n_books, n_rejected = (len(batch.books), len(batch.rejected)) if stored else (0, 0)
-    if n_rejected:
+        counts = _store_one_by_one(engine, batch)
+    n_books, n_rejected = counts or (0, 0)
+    if batch.rejected and counts:
         logger.warning(
             "batch %s: %d frame(s) rejected, first reason: %s", batch.batch_id, n_rejected, batch.rejected[0].reason
         )
-    return IngestResult(batch.batch_id, n_books, n_rejected, not stored, (time.perf_counter() - t0) * 1000)
+    return IngestResult(batch.batch_id, n_books, n_rejected, counts is None, (time.perf_counter() - t0) * 1000)
 
 
 def _bounds(batch: ParsedBatch) -> tuple[int | None, int | None]:
@@ -110,7 +112,8 @@ def _bounds(batch: ParsedBatch) -> tuple[int | None, int | None]:
     return (min(ns), max(ns)) if ns else (None, None)
 
 
-def _store(engine: Engine, batch: ParsedBatch) -> bool:
+def _store(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | None:
+    """(books, rejected) stored, or None when the batch was stored before."""
     rows = storage.to_rows(batch.books, exchange=batch.exchange)
     lo, hi = _bounds(batch)
     with storage.translate_errors(), engine.begin() as conn:
@@ -122,7 +125,7 @@ def _store(engine: Engine, batch: ParsedBatch) -> bool:
             min_ns=lo,
             max_ns=hi,
         ):
-            return False
+            return None
         if batch.books:
             try:
                 with conn.begin_nested():
@@ -133,29 +136,30 @@ def _store(engine: Engine, batch: ParsedBatch) -> bool:
                 # Some frame is stored already (re-published under another batch id): keep the rest.
                 storage.insert_books_skipping_duplicates(conn, rows)
         storage.insert_rejected(conn, batch.rejected, exchange=batch.exchange, batch_id=batch.batch_id)
-    return True
+    return len(batch.books), len(batch.rejected)
 
 
-def _store_one_by_one(engine: Engine, batch: ParsedBatch) -> bool:
+def _store_one_by_one(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | None:
     """The poison-batch path: each book in its own savepoint; a book PostgreSQL refuses is rejected with the
     database's reason. Only connection errors escape (as TransientStorageError)."""
-    kept: list[tuple[BookSnapshot, BookMetrics]] = []
+    kept = 0
     rejected = list(batch.rejected)
     lo, hi = _bounds(batch)
     with storage.translate_errors(), engine.begin() as conn:
         if not storage.claim_batch(conn, batch_id=batch.batch_id, n_books=0, n_rejected=0, min_ns=lo, max_ns=hi):
-            return False
-        for item in batch.books:
+            return None
+        for item, raw in zip(batch.books, batch.raws, strict=True):
             try:
                 with storage.translate_errors(), conn.begin_nested():
                     storage.insert_books_skipping_duplicates(conn, storage.to_rows([item], exchange=batch.exchange))
-                kept.append(item)
+                kept += 1
             except TransientStorageError:
                 raise
             except StorageError as exc:
-                rejected.append(Rejected(item[0].received_ns, f"database refused the book: {exc}", _raw_of(item[0])))
+                rejected.append(Rejected(item[0].received_ns, f"database refused the book: {exc}", raw))
         storage.insert_rejected(conn, rejected, exchange=batch.exchange, batch_id=batch.batch_id)
-    return True
+        storage.set_batch_counts(conn, batch_id=batch.batch_id, n_books=kept, n_rejected=len(rejected))
+    return kept, len(rejected)
 
 
 def reject_batch(engine: Engine, payload: Any, *, reason: str) -> int:
@@ -172,17 +176,6 @@ def reject_batch(engine: Engine, payload: Any, *, reason: str) -> int:
     with storage.translate_errors(), engine.begin() as conn:
         storage.insert_rejected(conn, rejected, exchange=exchange, batch_id=batch_id)
     return len(rejected)
-
-
-def _raw_of(book: BookSnapshot) -> str:
-    # The original text is not kept past parsing; rebuild an equivalent frame from the exact strings.
-    stream = f"{book.symbol.lower()}@depth{book.depth}"
-    data = {
-        "lastUpdateId": book.last_update_id,
-        "bids": [list(x) for x in zip(book.bid_prices, book.bid_quantities, strict=True)],
-        "asks": [list(x) for x in zip(book.ask_prices, book.ask_quantities, strict=True)],
-    }
-    return orjson.dumps({"stream": stream, "data": data}).decode()
 
 
 def _now_ns() -> int:

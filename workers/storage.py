@@ -31,6 +31,7 @@ __all__ = [
     "insert_books_skipping_duplicates",
     "insert_rejected",
     "ns_to_timestamp",
+    "set_batch_counts",
     "to_rows",
     "translate_errors",
 ]
@@ -152,6 +153,14 @@ def claim_batch(
         },
     ).first()
     return row is not None
+
+
+def set_batch_counts(conn: Connection, *, batch_id: str, n_books: int, n_rejected: int) -> None:
+    """Correct a claimed batch's counts once they are known (the frame-by-frame path)."""
+    conn.execute(
+        text("UPDATE ingest_batches SET n_books = :n_books, n_rejected = :n_rejected WHERE batch_id = :batch_id"),
+        {"batch_id": batch_id, "n_books": n_books, "n_rejected": n_rejected},
+    )
 
 
 def copy_books(conn: Connection, rows: str) -> None:

@@ -39,12 +39,14 @@ def _stored(engine: Engine) -> tuple[set[tuple[object, ...]], set[str]]:
     return books, rejected
 
 
-def _replay_through_pipeline(recording: Path, redis_url: str, engine: Engine) -> None:
+def _replay_through_pipeline(recording: Path, redis_url: str, prefix: str, engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches"))
     with ReplayThread(ReplayConfig(path=recording, fast=True)) as replay:
         stop = threading.Event()
-        cfg = FeedConfig(url=replay.url(STREAMS), redis_url=redis_url, batch_max_frames=50, silence_timeout_s=300)
+        cfg = FeedConfig(
+            url=replay.url(STREAMS), redis_url=redis_url, key_prefix=prefix, batch_max_frames=50, silence_timeout_s=300
+        )
         feed = threading.Thread(target=run_feed, args=(cfg,), kwargs={"stop": stop, "install_signals": False})
         feed.start()
         deadline = time.monotonic() + 60
@@ -62,7 +64,7 @@ def _replay_through_pipeline(recording: Path, redis_url: str, engine: Engine) ->
 
 
 def test_recorded_frames_replay_into_identical_books(
-    tmp_path: Path, redis_url: str, worker: Path, clean_db: Engine
+    tmp_path: Path, redis_url: str, broker_prefix: str, worker: Path, clean_db: Engine
 ) -> None:
     path = tmp_path / "sim.jsonl.gz"
     faults = FaultConfig(malformed_fraction=0.03, crossed_fraction=0.02, one_sided_fraction=0.02)
@@ -103,7 +105,7 @@ def test_recorded_frames_replay_into_identical_books(
 
     runs = []
     for _ in range(2):
-        _replay_through_pipeline(path, redis_url, clean_db)
+        _replay_through_pipeline(path, redis_url, broker_prefix, clean_db)
         books, rejected = _stored(clean_db)
         runs.append((books, rejected))
     assert runs[0][0] == expected_books

@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import Engine, create_engine, text
 
 from feed.embedded import free_port
@@ -44,7 +44,7 @@ def test_up_stores_every_frame_once_with_exact_metrics_and_averages(
 ) -> None:
     db_url, engine = fresh_db
     redis_url = f"{services.redis_base}/{UP_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
+    prefix = f"bookfeed-up-{uuid.uuid4().hex[:8]}:"
     ledger = tmp_path / "ledger.tsv"
     faults = FaultConfig(malformed_fraction=0.02, crossed_fraction=0.01, one_sided_fraction=0.01)
     with SimulatorThread(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), seed=11, rate=60.0, faults=faults)) as sim:
@@ -54,6 +54,7 @@ def test_up_stores_every_frame_once_with_exact_metrics_and_averages(
             DATABASE_URL=db_url,
             REDIS_URL=redis_url,
             BOOKFEED_LEDGER_PATH=str(ledger),
+            BOOKFEED_BROKER_KEY_PREFIX=prefix,
             BOOKFEED_DATA_DIR=str(tmp_path / "data"),
         )
         started_at = time.time()

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from celery import Celery
 from sqlalchemy import Engine, text
 
-from feed.publisher import PendingBatch, make_celery_sender
+from feed.publisher import PendingBatch, broker_app, make_celery_sender
 from models.messages import AVERAGES_TASK, METRICS_QUEUE, make_batch
 from tests.integration._frames import simple_book
 
@@ -33,8 +32,10 @@ def _count(engine: Engine, sql: str) -> int:
         return int(conn.execute(text(sql)).scalar_one())
 
 
-def test_batches_published_by_the_feed_are_stored_once(clean_db: Engine, redis_url: str, worker: Path) -> None:
-    send = make_celery_sender(redis_url)
+def test_batches_published_by_the_feed_are_stored_once(
+    clean_db: Engine, redis_url: str, broker_prefix: str, worker: Path
+) -> None:
+    send = make_celery_sender(redis_url, key_prefix=broker_prefix)
     now = time.time_ns()
     batches = [
         make_batch(
@@ -54,8 +55,8 @@ def test_batches_published_by_the_feed_are_stored_once(clean_db: Engine, redis_u
     assert "stored batch" in worker.read_text()
 
 
-def test_averages_task_runs_in_the_worker(clean_db: Engine, redis_url: str, worker: Path) -> None:
-    send = make_celery_sender(redis_url)
+def test_averages_task_runs_in_the_worker(clean_db: Engine, redis_url: str, broker_prefix: str, worker: Path) -> None:
+    send = make_celery_sender(redis_url, key_prefix=broker_prefix)
     t = (int(time.time()) // 60 - 3) * 60  # three minutes ago, aligned
     send(
         PendingBatch(
@@ -63,7 +64,7 @@ def test_averages_task_runs_in_the_worker(clean_db: Engine, redis_url: str, work
         )
     )
     _wait_for(lambda: _count(clean_db, "SELECT count(*) FROM order_books") == 40)
-    app = Celery("test", broker=redis_url, set_as_current=False)
+    app = broker_app(redis_url, key_prefix=broker_prefix, name="test")
     for w in (30, 60):
         app.send_task(AVERAGES_TASK, kwargs={"window_s": w}, queue=METRICS_QUEUE)
     _wait_for(lambda: _count(clean_db, "SELECT count(*) FROM price_averages") == 4 + 2)

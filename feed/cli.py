@@ -130,6 +130,7 @@ def _cmd_feed(args: argparse.Namespace) -> int:
         batch_max_wait_ms=s.batch_max_wait_ms,
         buffer_max_frames=s.buffer_max_frames,
         silence_timeout_s=s.silence_timeout_s,
+        stall_timeout_s=s.stall_timeout_s,
         max_connection_age_s=s.max_connection_age_s,
         max_frame_bytes=s.max_frame_bytes,
         max_reconnect_attempts=s.max_reconnect_attempts,

@@ -18,7 +18,8 @@ from typing import Any
 
 from celery import Celery
 
-from models.messages import EXCHANGE, INGEST_QUEUE, INGEST_TASK, Batch, make_batch, transport_options
+from feed.stream import peek
+from models.messages import EXCHANGE, INGEST_QUEUE, INGEST_TASK, Batch, Gap, make_batch, transport_options
 
 __all__ = ["PendingBatch", "Publisher", "PublisherStats", "broker_app", "make_celery_sender"]
 
@@ -71,17 +72,16 @@ class Publisher:
     def enqueue(self, frames: list[tuple[int, str]]) -> None:
         """Queue a batch (never blocks). A batch id is fixed here, so a re-sent batch is recognised downstream."""
         with self._cond:
-            self._seq += 1
-            batch = make_batch(batch_id=f"{self._feed_id}-{self._seq}", frames=frames, exchange=self._exchange)
-            self._queue.append(PendingBatch(batch))
+            newest = self._new_batch(frames=frames)
             self._buffered += len(frames)
-            while self._buffered > self._max and len(self._queue) > 1 + (self._in_flight is not None):
-                # Never the batch being sent right now: it may already be in Redis.
-                if self._in_flight is not None and self._queue[0] is self._in_flight:
-                    old = self._queue[1]
-                    del self._queue[1]
-                else:
-                    old = self._queue.popleft()
+            while self._buffered > self._max:
+                # The oldest batch of frames, but never the newest nor the one being sent (it may be in Redis).
+                old = next(
+                    (b for b in self._queue if b.n_frames and b is not newest and b is not self._in_flight), None
+                )
+                if old is None:
+                    break
+                self._queue.remove(old)
                 self._buffered -= old.n_frames
                 self.stats.dropped_frames += old.n_frames
                 logger.error(
@@ -91,7 +91,24 @@ class Publisher:
                     old.n_frames,
                     self.stats.dropped_frames,
                 )
+                for gap in _gaps_of(old, "frames dropped: outage buffer full"):
+                    self._new_batch(gaps=[gap])
             self.stats.buffered_frames = self._buffered
+            self._cond.notify()
+
+    def _new_batch(self, *, frames: list[tuple[int, str]] | None = None, gaps: list[Gap] | None = None) -> PendingBatch:
+        self._seq += 1
+        batch = make_batch(
+            batch_id=f"{self._feed_id}-{self._seq}", frames=frames or [], exchange=self._exchange, gaps=gaps or ()
+        )
+        pending = PendingBatch(batch)
+        self._queue.append(pending)
+        return pending
+
+    def enqueue_gap(self, gap: Gap) -> None:
+        """Queue a feed gap (a batch without frames). Gap batches are never dropped on overflow."""
+        with self._cond:
+            self._new_batch(gaps=[gap])
             self._cond.notify()
 
     def pending_frames(self) -> int:
@@ -140,6 +157,17 @@ class Publisher:
                 self.stats.published_batches += 1
                 self.stats.published_frames += head.n_frames
                 self.stats.buffered_frames = self._buffered
+
+
+def _gaps_of(pending: PendingBatch, reason: str) -> list[Gap]:
+    """Per stream, the span of a batch's frames: what is lost when the batch is dropped."""
+    spans: dict[str, tuple[int, int]] = {}
+    for ns, raw in pending.batch["frames"]:
+        stream = peek(raw)[0]
+        if stream is not None:
+            lo, hi = spans.get(stream, (ns, ns))
+            spans[stream] = (min(lo, ns), max(hi, ns))
+    return [(stream, lo, hi, reason) for stream, (lo, hi) in spans.items()]
 
 
 def broker_app(redis_url: str, *, key_prefix: str = "", name: str = "bookfeed-feed") -> Celery:

@@ -24,6 +24,7 @@ __all__ = ["STATS_PREFIX", "FeedConfig", "read_feed_stats", "run_feed"]
 logger = logging.getLogger(__name__)
 
 STATS_PREFIX = "bookfeed:feed:stats:"
+LAST_SEEN_KEY = "bookfeed:feed:last_seen"  # stream -> ns of its last frame, for the next feed process
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class FeedConfig:
     max_frame_bytes: int = 1 << 20
     max_reconnect_attempts: int = 0
     duration_s: float | None = None
+    stall_timeout_s: float = 10.0
     key_prefix: str = ""  # Redis key prefix shared with the workers (BOOKFEED_BROKER_KEY_PREFIX)
     ledger_path: str | None = None  # audit: one line per forwarded frame (received_ns, stream, lastUpdateId)
 
@@ -63,11 +65,15 @@ def run_feed(
         emit=publisher.enqueue,
         clock_ns=time.monotonic_ns,
     )
-    gaps: list[tuple[int, int, str]] = []
+    gaps = 0
+    state = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    last_seen_key = cfg.key_prefix + LAST_SEEN_KEY
 
-    def on_gap(start_ns: int, end_ns: int, reason: str) -> None:
-        gaps.append((start_ns, end_ns, reason))
-        logger.warning("feed gap of %.1fs (%s)", (end_ns - start_ns) / 1e9, reason)
+    def on_gap(stream: str, start_ns: int, end_ns: int, reason: str) -> None:
+        nonlocal gaps
+        gaps += 1
+        publisher.enqueue_gap((stream, start_ns, end_ns, reason))
+        logger.warning("gap of %.1fs on %s (%s)", (end_ns - start_ns) / 1e9, stream, reason)
 
     ledger = open(cfg.ledger_path, "a", buffering=1 << 16) if cfg.ledger_path else None  # noqa: SIM115
 
@@ -81,6 +87,9 @@ def run_feed(
         cfg.url,
         on_frame=on_frame,
         on_gap=on_gap,
+        # Where the previous feed process left off: the time until our first frame is a gap.
+        last_seen=_load_last_seen(state, last_seen_key),
+        stall_timeout_s=cfg.stall_timeout_s,
         silence_timeout_s=cfg.silence_timeout_s,
         max_connection_age_s=cfg.max_connection_age_s,
         max_frame_bytes=cfg.max_frame_bytes,
@@ -108,7 +117,7 @@ def run_feed(
             "published_frames": p.published_frames,
             "buffered_frames": publisher.pending_frames(),
             "dropped_frames": p.dropped_frames,
-            "gaps": len(gaps),
+            "gaps": gaps,
             "ts": time.time(),
         }
 
@@ -119,9 +128,12 @@ def run_feed(
             batcher.flush_if_due()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + 1.0
-                # Stats are best effort; the publisher reports broker trouble.
+                client.check_stalls()
+                # Stats and last-seen times are best effort; the publisher reports broker trouble.
                 with contextlib.suppress(redis.RedisError):
                     stats_client.set(stats_key, json.dumps(snapshot()), ex=15)
+                    if client.last_seen:
+                        state.hset(last_seen_key, mapping={k: str(v) for k, v in client.last_seen.items()})
 
     tick = threading.Thread(target=ticker, name="ticker", daemon=True)
     tick.start()
@@ -142,8 +154,19 @@ def run_feed(
         final = snapshot()
         with contextlib.suppress(redis.RedisError):
             stats_client.set(stats_key, json.dumps(final), ex=60)
+            if client.last_seen:
+                state.hset(last_seen_key, mapping={k: str(v) for k, v in client.last_seen.items()})
         logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
     return final
+
+
+def _load_last_seen(client: redis.Redis, key: str) -> dict[str, int]:
+    try:
+        raw = client.hgetall(key)
+    except redis.RedisError as exc:
+        logger.warning("could not read where the previous feed stopped (%s); no restart gap recorded", exc)
+        return {}
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
 
 def read_feed_stats(client: redis.Redis, key_prefix: str = "") -> list[dict[str, Any]]:

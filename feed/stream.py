@@ -91,7 +91,10 @@ class StreamClient:
     """Reads one combined-stream connection forever, reconnecting as needed, and passes frames to `on_frame`.
 
     Frames whose lastUpdateId is not above the last one forwarded for their stream are duplicates or stale: they
-    are dropped and counted. `on_gap(start_ns, end_ns, reason)` is told of every interval without data.
+    are dropped and counted. `on_gap(stream, start_ns, end_ns, reason)` is told of every interval in which a stream
+    may have lost data: a reconnect, a stall (no frame for `stall_timeout_s` while others flow or the socket is
+    open), or a feed restart (streams passed in `last_seen`, e.g. from the previous process). The interval runs from
+    the stream's last frame to its next one.
     """
 
     def __init__(
@@ -99,8 +102,10 @@ class StreamClient:
         url: str,
         *,
         on_frame: Callable[[int, str], None],
-        on_gap: Callable[[int, int, str], None] | None = None,
+        on_gap: Callable[[str, int, int, str], None] | None = None,
+        last_seen: dict[str, int] | None = None,
         silence_timeout_s: float = 30.0,
+        stall_timeout_s: float = 10.0,
         max_connection_age_s: float = 23.5 * 3600,
         max_frame_bytes: int = 1 << 20,
         max_reconnect_attempts: int = 0,
@@ -114,14 +119,21 @@ class StreamClient:
         self._max_frame_bytes = max_frame_bytes
         self._max_attempts = max_reconnect_attempts
         self._clock_ns = clock_ns
+        self._stall_ns = int(stall_timeout_s * 1e9)
         self._last: dict[str, int] = {}
+        self.streams = _streams_of(url)
+        # stream -> (start_ns, reason) of an interruption that ends with the stream's next frame
+        self._interrupted: dict[str, tuple[int, str]] = {
+            s: (ns, "feed restarted") for s, ns in (last_seen or {}).items() if s in self.streams
+        }
+        self.last_seen: dict[str, int] = {}
+        self._gap_lock = threading.Lock()  # the reader and the ticker both touch interruptions
         self.stats = StreamStats()
 
     def run(self, stop: threading.Event) -> None:
         """Read until `stop` is set. Raises RetriesExhaustedError after `max_reconnect_attempts` failed connects
         in a row (0: never give up)."""
         failures = 0
-        gap_start = self._clock_ns()
         while not stop.is_set():
             try:
                 ws = self._connect()
@@ -140,18 +152,18 @@ class StreamClient:
             logger.info("connected to %s", self._safe_url())
             reason = "stopped"
             try:
-                gap_start = self._read(ws, stop, gap_start)
+                self._read(ws, stop)
             except _Reconnect as exc:
                 reason = str(exc)
             except (websocket.WebSocketException, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
                 self.stats.connected = False
-                gap_start = self.stats.last_frame_ns or gap_start
                 with contextlib.suppress(Exception):  # closing a broken socket may fail; it is gone either way
                     ws.close(timeout=1)
             if not stop.is_set():
                 self.stats.reconnects += 1
+                self._interrupt_all(f"reconnected: {reason}")
                 logger.warning("reconnecting: %s", reason)
 
     def _connect(self) -> websocket.WebSocket:
@@ -163,9 +175,25 @@ class StreamClient:
         ws.settimeout(min(1.0, self._silence_ns / 1e9))
         return ws
 
-    def _read(self, ws: websocket.WebSocket, stop: threading.Event, gap_start: int) -> int:
+    def _interrupt_all(self, reason: str) -> None:
+        now = self._clock_ns()
+        with self._gap_lock:
+            for s in self.streams:
+                if s not in self._interrupted:
+                    self._interrupted[s] = (self.last_seen.get(s, now), reason)
+
+    def check_stalls(self) -> None:
+        """Mark streams silent for longer than the stall timeout; call it now and then (the feed's ticker does)."""
+        now = self._clock_ns()
+        with self._gap_lock:
+            for s in self.streams:
+                seen = self.last_seen.get(s)
+                if seen is not None and now - seen > self._stall_ns and s not in self._interrupted:
+                    self._interrupted[s] = (seen, "stalled")
+                    logger.warning("stream %s stalled: no frame for %.0fs", s, (now - seen) / 1e9)
+
+    def _read(self, ws: websocket.WebSocket, stop: threading.Event) -> None:
         opened = last = self._clock_ns()
-        first = True
         while not stop.is_set():
             try:
                 opcode, data = ws.recv_data()
@@ -178,10 +206,6 @@ class StreamClient:
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 raise _Reconnect("server closed the connection")
             last = received_ns
-            if first:
-                first = False
-                if self._on_gap is not None and received_ns - gap_start > 2 * 1_000_000_000:
-                    self._on_gap(gap_start, received_ns, "disconnected")
             try:
                 raw = data.decode("utf-8")
             except UnicodeDecodeError:
@@ -189,7 +213,6 @@ class StreamClient:
             self._handle(received_ns, raw)
             if received_ns - opened > self._max_age_ns:
                 raise _Reconnect("planned reconnect before the server's connection lifetime ends")
-        return last
 
     def _handle(self, received_ns: int, raw: str) -> None:
         stream, luid = peek(raw)
@@ -208,6 +231,12 @@ class StreamClient:
             # else: a broken frame that only looks stale (cut inside its id); the worker records it as rejected
         self.stats.frames += 1
         self.stats.last_frame_ns = received_ns
+        if stream is not None:
+            with self._gap_lock:
+                self.last_seen[stream] = received_ns
+                gap = self._interrupted.pop(stream, None)
+            if gap is not None and self._on_gap is not None:
+                self._on_gap(stream, gap[0], received_ns, gap[1])
         key = stream or "?"
         self.stats.per_stream[key] = self.stats.per_stream.get(key, 0) + 1
         self._on_frame(received_ns, raw)
@@ -217,6 +246,12 @@ class StreamClient:
         return urlunsplit((p.scheme, p.hostname or "", p.path, "", "")) + (
             f" ({p.query.count('/') + 1} streams)" if p.query else ""
         )
+
+
+def _streams_of(url: str) -> tuple[str, ...]:
+    """The stream names a combined-stream URL subscribes to."""
+    streams = parse_qs(urlsplit(url).query).get("streams", [""])[0]
+    return tuple(s for s in streams.split("/") if s)
 
 
 def _is_whole_frame(raw: str, luid: int) -> bool:

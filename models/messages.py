@@ -8,7 +8,8 @@ in the worker.
 
 from __future__ import annotations
 
-from typing import Any, Final, TypedDict
+from collections.abc import Sequence
+from typing import Any, Final, NotRequired, TypedDict
 
 __all__ = [
     "AVERAGES_TASK",
@@ -18,6 +19,7 @@ __all__ = [
     "METRICS_QUEUE",
     "PAYLOAD_VERSION",
     "Batch",
+    "Gap",
     "make_batch",
     "transport_options",
 ]
@@ -37,11 +39,26 @@ class Batch(TypedDict):
     exchange: str
     batch_id: str
     frames: list[list[Any]]
+    # Intervals in which a stream may have lost data: [stream, start_ns, end_ns, reason]. Absent when none.
+    gaps: NotRequired[list[list[Any]]]
 
 
-def make_batch(*, batch_id: str, frames: list[tuple[int, str]], exchange: str = EXCHANGE) -> Batch:
-    """Build the payload of one ingest task from (received_ns, raw text) pairs."""
-    return {"v": PAYLOAD_VERSION, "exchange": exchange, "batch_id": batch_id, "frames": [list(f) for f in frames]}
+Gap = tuple[str, int, int, str]  # (stream, start_ns, end_ns, reason)
+
+
+def make_batch(
+    *, batch_id: str, frames: list[tuple[int, str]], exchange: str = EXCHANGE, gaps: Sequence[Gap] = ()
+) -> Batch:
+    """Build the payload of one ingest task from (received_ns, raw text) pairs and any feed gaps."""
+    batch: Batch = {
+        "v": PAYLOAD_VERSION,
+        "exchange": exchange,
+        "batch_id": batch_id,
+        "frames": [list(f) for f in frames],
+    }
+    if gaps:
+        batch["gaps"] = [list(g) for g in gaps]
+    return batch
 
 
 def transport_options(key_prefix: str = "") -> dict[str, Any]:

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=4096
     )  # websocket hard cap; books over 64 KiB are rejected by workers
     silence_timeout_s: float = Field(default=30.0, gt=0)
+    stall_timeout_s: float = Field(default=10.0, gt=0)  # one stream silent this long while connected: a gap
     max_connection_age_s: float = Field(default=23.5 * 3600, gt=0)
     max_reconnect_attempts: int = Field(default=0, ge=0)  # 0: retry forever
 

@@ -27,6 +27,7 @@ __all__ = [
     "PARTITION_PREFIX",
     "averages_progress",
     "book_snapshots",
+    "feed_gap_intervals",
     "ingest_batches",
     "metadata",
     "price_averages_table",
@@ -96,6 +97,23 @@ ingest_batches = Table(
     Column("n_books", Integer, nullable=False),
     Column("n_rejected", Integer, nullable=False),
     Index("ingest_batches_stored_at", "stored_at"),
+)
+
+# Intervals in which the feed may have missed a stream's frames (reconnect, stall, restart, dropped buffer).
+# Windows that overlap one are marked incomplete in price_averages.
+feed_gap_intervals = Table(
+    "feed_gap_intervals",
+    metadata,
+    Column("exchange", Text, nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("stream", Text, nullable=False),
+    Column("start_at", TZ, nullable=False),
+    Column("end_at", TZ, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("recorded_at", TZ, nullable=False, server_default=func.now()),
+    Index("feed_gap_intervals_identity", "exchange", "stream", "start_at", "end_at", unique=True),
+    Index("feed_gap_intervals_recorded_at", "recorded_at"),
 )
 
 price_averages_table = Table(

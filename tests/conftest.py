@@ -69,7 +69,10 @@ def clean_db(engine: Engine) -> Engine:
     """Empty every data table before the test (the schema stays)."""
     with engine.begin() as conn:
         conn.execute(
-            text("TRUNCATE book_snapshots, rejected_frames, ingest_batches, price_average_windows, averages_progress")
+            text(
+                "TRUNCATE book_snapshots, rejected_frames, ingest_batches, price_average_windows, averages_progress, "
+                "feed_gap_intervals"
+            )
         )
     return engine
 

@@ -25,19 +25,27 @@ logger = logging.getLogger(__name__)
 # Transactions that started before the previous run may commit after it; look that much further back.
 _COMMIT_MARGIN_S = 120.0
 
+# `complete` is false when a feed gap of the symbol overlaps the window: the feed may have missed books in it.
 _UPSERT = text(
     """
-    INSERT INTO price_average_windows AS w (exchange, symbol, window_seconds, window_start, avg_price, samples)
-    SELECT exchange, symbol, :w,
-           date_bin(make_interval(secs => :w), received_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS ws,
-           avg(price), count(*)
-    FROM book_snapshots
-    WHERE received_at >= to_timestamp(:lo) AND received_at < to_timestamp(:hi)
-      AND price IS NOT NULL AND NOT crossed
-    GROUP BY exchange, symbol, ws
+    INSERT INTO price_average_windows AS w
+           (exchange, symbol, window_seconds, window_start, avg_price, samples, complete)
+    SELECT b.exchange, b.symbol, :w, b.ws, b.avg_price, b.samples,
+           NOT EXISTS (SELECT 1 FROM feed_gap_intervals g
+                       WHERE g.exchange = b.exchange AND g.symbol = b.symbol
+                         AND g.start_at < b.ws + make_interval(secs => :w) AND g.end_at > b.ws)
+    FROM (SELECT exchange, symbol,
+                 date_bin(make_interval(secs => :w), received_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS ws,
+                 avg(price) AS avg_price, count(*) AS samples
+          FROM book_snapshots
+          WHERE received_at >= to_timestamp(:lo) AND received_at < to_timestamp(:hi)
+            AND price IS NOT NULL AND NOT crossed
+          GROUP BY exchange, symbol, ws) b
     ON CONFLICT (exchange, symbol, window_seconds, window_start) DO UPDATE
-       SET avg_price = EXCLUDED.avg_price, samples = EXCLUDED.samples, computed_at = now()
-     WHERE (w.avg_price, w.samples) IS DISTINCT FROM (EXCLUDED.avg_price, EXCLUDED.samples)
+       SET avg_price = EXCLUDED.avg_price, samples = EXCLUDED.samples, complete = EXCLUDED.complete,
+           computed_at = now()
+     WHERE (w.avg_price, w.samples, w.complete)
+           IS DISTINCT FROM (EXCLUDED.avg_price, EXCLUDED.samples, EXCLUDED.complete)
     """
 )
 
@@ -75,10 +83,12 @@ def compute_averages(
         else:
             since_s = float(progress[1]) - _COMMIT_MARGIN_S
             from_s = min(float(progress[0]), now_s) - lookback_s
+        # Windows that got rows or gaps since the last run (a backlog, a redelivery, a gap reported late).
         late = conn.execute(
             text(
-                "SELECT extract(epoch FROM min(min_received_at)) FROM ingest_batches "
-                "WHERE stored_at >= to_timestamp(:since)"
+                "SELECT extract(epoch FROM least("
+                "  (SELECT min(min_received_at) FROM ingest_batches WHERE stored_at >= to_timestamp(:since)),"
+                "  (SELECT min(start_at) FROM feed_gap_intervals WHERE recorded_at >= to_timestamp(:since))))"
             ),
             {"since": since_s},
         ).scalar()

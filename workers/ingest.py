@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
-from models.book import BookSnapshot, parse_frame
+from models.book import BookSnapshot, parse_frame, parse_stream_name
 from models.errors import InvalidBookError, StorageError, TransientStorageError
 from models.messages import PAYLOAD_VERSION
 from models.metrics import BookMetrics, book_metrics
 from workers import storage
-from workers.storage import Rejected
+from workers.storage import GapRow, Rejected
 
 __all__ = ["IngestResult", "ParsedBatch", "ingest_batch", "parse_batch", "reject_batch"]
 
@@ -35,6 +35,7 @@ class ParsedBatch:
     books: list[tuple[BookSnapshot, BookMetrics]]
     raws: list[str]  # the frame text of each book, for the rare book PostgreSQL refuses
     rejected: list[Rejected]
+    gaps: list[GapRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,22 @@ def parse_batch(payload: Any) -> ParsedBatch:
             continue
         books.append((book, book_metrics(book)))
         raws.append(raw)
-    return ParsedBatch(batch_id=batch_id, exchange=exchange, books=books, raws=raws, rejected=rejected)
+    gaps = _parse_gaps(payload.get("gaps", []), batch_id)
+    return ParsedBatch(batch_id=batch_id, exchange=exchange, books=books, raws=raws, rejected=rejected, gaps=gaps)
+
+
+def _parse_gaps(items: Any, batch_id: str) -> list[GapRow]:
+    """Feed gaps of the batch; a malformed one (a foreign producer) is logged and skipped, never fatal."""
+    gaps: list[GapRow] = []
+    for item in items if isinstance(items, list) else [items]:
+        try:
+            stream, start_ns, end_ns, reason = item
+            if not (type(start_ns) is int and type(end_ns) is int and start_ns <= end_ns):
+                raise ValueError("bad interval")
+            gaps.append(GapRow(parse_stream_name(stream).symbol, str(stream), start_ns, end_ns, str(reason)[:500]))
+        except (TypeError, ValueError, InvalidBookError) as exc:
+            logger.warning("batch %s: ignoring malformed gap %r (%s)", batch_id, item, exc)
+    return gaps
 
 
 def ingest_batch(engine: Engine, payload: Any) -> IngestResult:
@@ -136,6 +152,7 @@ def _store(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | None:
                 # Some frame is stored already (re-published under another batch id): keep the rest.
                 storage.insert_books_skipping_duplicates(conn, rows)
         storage.insert_rejected(conn, batch.rejected, exchange=batch.exchange, batch_id=batch.batch_id)
+        storage.insert_gaps(conn, batch.gaps, exchange=batch.exchange, batch_id=batch.batch_id)
     return len(batch.books), len(batch.rejected)
 
 
@@ -158,6 +175,7 @@ def _store_one_by_one(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | N
             except StorageError as exc:
                 rejected.append(Rejected(item[0].received_ns, f"database refused the book: {exc}", raw))
         storage.insert_rejected(conn, rejected, exchange=batch.exchange, batch_id=batch.batch_id)
+        storage.insert_gaps(conn, batch.gaps, exchange=batch.exchange, batch_id=batch.batch_id)
         storage.set_batch_counts(conn, batch_id=batch.batch_id, n_books=kept, n_rejected=len(rejected))
     return kept, len(rejected)
 

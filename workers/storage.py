@@ -24,11 +24,13 @@ from models.metrics import BookMetrics
 from models.tables import book_snapshots
 
 __all__ = [
+    "GapRow",
     "Rejected",
     "claim_batch",
     "copy_books",
     "ensure_partitions",
     "insert_books_skipping_duplicates",
+    "insert_gaps",
     "insert_rejected",
     "ns_to_timestamp",
     "set_batch_counts",
@@ -39,6 +41,15 @@ __all__ = [
 _COLUMNS = ", ".join(c.name for c in book_snapshots.columns)
 _COPY_SQL = f"COPY {book_snapshots.name} ({_COLUMNS}) FROM STDIN"
 _STAGE = "bookfeed_stage"
+
+
+@dataclass(frozen=True, slots=True)
+class GapRow:
+    symbol: str
+    stream: str
+    start_ns: int
+    end_ns: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +223,31 @@ def insert_rejected(conn: Connection, rejected: Sequence[Rejected], *, exchange:
                 "raw": r.raw.replace("\x00", "\ufffd"),
             }
             for r in rejected
+        ],
+    )
+
+
+def insert_gaps(conn: Connection, gaps: Sequence[GapRow], *, exchange: str, batch_id: str) -> None:
+    """Store feed gaps; one stored before is skipped."""
+    if not gaps:
+        return
+    conn.execute(
+        text(
+            "INSERT INTO feed_gap_intervals (exchange, symbol, stream, start_at, end_at, reason, batch_id) "
+            "VALUES (:exchange, :symbol, :stream, CAST(:start_at AS timestamptz), CAST(:end_at AS timestamptz), "
+            ":reason, :batch_id) ON CONFLICT DO NOTHING"
+        ),
+        [
+            {
+                "exchange": exchange,
+                "symbol": g.symbol,
+                "stream": g.stream,
+                "start_at": ns_to_timestamp(g.start_ns),
+                "end_at": ns_to_timestamp(g.end_ns),
+                "reason": g.reason,
+                "batch_id": batch_id,
+            }
+            for g in gaps
         ],
     )
 

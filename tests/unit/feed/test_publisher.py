@@ -225,3 +225,23 @@ def test_batch_delivered_while_buffer_overflows_is_not_counted_as_dropped() -> N
     assert [p.batch["batch_id"] for p in send.delivered] == ["feed-1", "feed-2"]
     assert pub.stats.published_frames + pub.stats.dropped_frames == 4  # every frame is either delivered or dropped
     assert pub.stats.dropped_frames == 0
+
+
+def test_overflow_records_the_dropped_span_as_gaps_that_are_never_dropped() -> None:
+    sent: list[dict[str, object]] = []
+    pub = Publisher(lambda p: sent.append(dict(p.batch)), max_buffered_frames=2, feed_id="g", sleep=lambda s: None)
+    a = '{"stream":"btcusdt@depth20","data":{"lastUpdateId":1}}'
+    b = '{"stream":"ethusdt@depth20","data":{"lastUpdateId":1}}'
+    pub.enqueue([(10, a), (20, b), (30, a)])  # over the limit, but the newest batch is kept
+    pub.enqueue([(40, a), (50, a)])  # drops the first batch: gaps for both streams
+    pub.enqueue([(60, a), (70, a)])  # drops the second; the gap batches stay
+    assert pub.stats.dropped_frames == 5
+    stop = threading.Event()
+    stop.set()
+    pub.run(stop)
+    gaps = [tuple(g) for batch in sent for g in batch.get("gaps", [])]  # type: ignore[attr-defined]
+    reason = "frames dropped: outage buffer full"
+    assert sorted(gaps) == sorted(
+        [("btcusdt@depth20", 10, 30, reason), ("ethusdt@depth20", 20, 20, reason), ("btcusdt@depth20", 40, 50, reason)]
+    )
+    assert [len(batch["frames"]) for batch in sent if batch["frames"]] == [2]  # type: ignore[arg-type]

@@ -50,3 +50,61 @@ def test_unparseable_text_is_forwarded_for_the_worker_to_reject() -> None:
     client, got = _client()
     client._handle(1, "garbage")
     assert got == [(1, "garbage")]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.ns = 1_000_000_000_000
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+def _gap_client(
+    last_seen: dict[str, int] | None = None,
+) -> tuple[StreamClient, list[tuple[str, int, int, str]], _Clock]:
+    clock = _Clock()
+    gaps: list[tuple[str, int, int, str]] = []
+    client = StreamClient(
+        "ws://127.0.0.1:1/stream?streams=btcusdt@depth20/ethusdt@depth20",
+        on_frame=lambda ns, raw: None,
+        on_gap=lambda *g: gaps.append(g),
+        last_seen=last_seen,
+        stall_timeout_s=5,
+        clock_ns=clock,
+    )
+    return client, gaps, clock
+
+
+def test_a_reconnect_is_a_gap_per_stream_from_its_last_frame_to_its_next() -> None:
+    client, gaps, _ = _gap_client()
+    client._handle(100, _frame(1))
+    client._handle(200, _frame(1, "ethusdt@depth20"))
+    client._interrupt_all("reconnected: server closed the connection")
+    client._handle(900, _frame(2))
+    assert gaps == [("btcusdt@depth20", 100, 900, "reconnected: server closed the connection")]
+    client._handle(950, _frame(3))  # one gap per interruption
+    client._handle(990, _frame(2, "ethusdt@depth20"))
+    assert gaps[-1] == ("ethusdt@depth20", 200, 990, "reconnected: server closed the connection")
+    assert len(gaps) == 2
+
+
+def test_a_silent_stream_is_a_stall_gap_once_it_speaks_again() -> None:
+    client, gaps, clock = _gap_client()
+    client._handle(clock.ns, _frame(1))
+    start = clock.ns
+    clock.ns += 4 * 10**9
+    client.check_stalls()
+    assert gaps == [] and not client._interrupted
+    clock.ns += 2 * 10**9
+    client.check_stalls()
+    client.check_stalls()  # marked once
+    client._handle(clock.ns, _frame(2))
+    assert gaps == [("btcusdt@depth20", start, clock.ns, "stalled")]
+
+
+def test_where_the_previous_feed_stopped_starts_a_restart_gap() -> None:
+    client, gaps, _ = _gap_client(last_seen={"btcusdt@depth20": 50, "solusdt@depth20": 7})
+    client._handle(500, _frame(1))
+    assert gaps == [("btcusdt@depth20", 50, 500, "feed restarted")]
+    assert "solusdt@depth20" not in client._interrupted  # not ours

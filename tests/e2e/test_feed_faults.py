@@ -1,0 +1,66 @@
+"""The feed against the simulator's faults, through a real worker: dropped connections and stalled streams are
+survived, every forwarded frame is stored once, and each interruption is recorded in feed_gaps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from feed.service import FeedConfig, run_feed
+from feed.sim import SimConfig, SimulatorThread
+from tests.e2e._checks import duplicated_books, read_ledger, unaccounted_frames
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for(cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_drops_and_stalls_become_gaps_and_lose_nothing(
+    tmp_path: Path, redis_url: str, broker_prefix: str, worker: Path, clean_db: Engine
+) -> None:
+    ledger = tmp_path / "ledger.tsv"
+    streams = ["btcusdt@depth20@100ms", "ethusdt@depth10@100ms"]
+    with SimulatorThread(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), seed=3)) as sim:
+        cfg = FeedConfig(
+            url=sim.url(streams),
+            redis_url=redis_url,
+            key_prefix=f"{broker_prefix}",
+            stall_timeout_s=1.5,
+            ledger_path=str(ledger),
+        )
+        stop = threading.Event()
+        feed = threading.Thread(target=run_feed, args=(cfg,), kwargs={"stop": stop, "install_signals": False})
+        feed.start()
+        time.sleep(2)
+        assert sim.drop_all() == 1  # the socket dies without a close frame
+        time.sleep(2)
+        sim.stall(3.0, stream="ethusdt@depth10@100ms")  # socket open, one stream silent
+        time.sleep(5)
+        stop.set()
+        feed.join(30)
+    frames = read_ledger(ledger)
+
+    def all_stored() -> bool:
+        return not unaccounted_frames(clean_db, frames)
+
+    _wait_for(all_stored)
+    assert duplicated_books(clean_db) == 0
+    with clean_db.connect() as conn:
+        gaps = conn.execute(text("SELECT stream, reason, end_at - start_at FROM feed_gaps ORDER BY start_at")).all()
+    reasons = {(stream, reason.split(":")[0]) for stream, reason, _ in gaps}
+    assert ("btcusdt@depth20@100ms", "reconnected") in reasons
+    assert ("ethusdt@depth10@100ms", "reconnected") in reasons
+    assert ("ethusdt@depth10@100ms", "stalled") in reasons
+    stall = next(d for s, r, d in gaps if r == "stalled")
+    assert 2.5 <= stall.total_seconds() <= 6

@@ -121,7 +121,6 @@ def run(rates: tuple[float, ...] = (1000, 5000, 10000, 20000), duration_s: float
         workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "bookfeed-bench-up"
         for rate in rates:
             out.append(run_once(rate, duration_s, db_url, redis_url, workdir))
-            print(out[-1], flush=True)
     return out
 
 

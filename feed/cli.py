@@ -143,12 +143,22 @@ def _cmd_feed(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from models.schema import upgrade_to_head
+    from models.schema import ensure_login, upgrade_to_head
 
     s = _settings(args)
     configure_logging(s.log_level, s.log_format)
-    upgrade_to_head(s.require_database_url())
+    url = s.require_database_url()
+    upgrade_to_head(url)
     print("database migrated to head")
+    for user, password, group in (
+        (s.worker_db_user, s.worker_db_password, "bookfeed_writer"),
+        (s.reader_db_user, s.reader_db_password, "bookfeed_reader"),
+    ):
+        if user:
+            if not password.get_secret_value():
+                raise ConfigError(f"a password is needed for the login {user!r} (BOOKFEED_*_DB_PASSWORD)")
+            ensure_login(url, name=user, password=password.get_secret_value(), group=group)
+            print(f"login {user} is a member of {group}")
     return 0
 
 

@@ -66,6 +66,7 @@ def run_feed(
         clock_ns=time.monotonic_ns,
     )
     gaps = 0
+    # Live stats and last-seen times (best effort; the publisher has its own connection for the batches).
     state = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
     last_seen_key = cfg.key_prefix + LAST_SEEN_KEY
 
@@ -103,7 +104,6 @@ def run_feed(
     pub_thread = threading.Thread(target=publisher.run, args=(pub_stop,), name="publisher", daemon=True)
     pub_thread.start()
     stats_key = cfg.key_prefix + STATS_PREFIX + feed_id
-    stats_client = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
 
     def snapshot() -> dict[str, Any]:
         s, p = client.stats, publisher.stats
@@ -121,6 +121,13 @@ def run_feed(
             "ts": time.time(),
         }
 
+    def save_state(stats: dict[str, Any], ttl_s: int) -> None:
+        # Best effort: the publisher reports broker trouble; these only feed `bookfeed up` and the next feed.
+        with contextlib.suppress(redis.RedisError):
+            state.set(stats_key, json.dumps(stats), ex=ttl_s)
+            if client.last_seen:
+                state.hset(last_seen_key, mapping={k: str(v) for k, v in client.last_seen.items()})
+
     def ticker() -> None:
         next_stats = 0.0
         while not reader_done.is_set():
@@ -129,11 +136,7 @@ def run_feed(
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + 1.0
                 client.check_stalls()
-                # Stats and last-seen times are best effort; the publisher reports broker trouble.
-                with contextlib.suppress(redis.RedisError):
-                    stats_client.set(stats_key, json.dumps(snapshot()), ex=15)
-                    if client.last_seen:
-                        state.hset(last_seen_key, mapping={k: str(v) for k, v in client.last_seen.items()})
+                save_state(snapshot(), 15)
 
     tick = threading.Thread(target=ticker, name="ticker", daemon=True)
     tick.start()
@@ -152,10 +155,7 @@ def run_feed(
         if ledger is not None:
             ledger.close()
         final = snapshot()
-        with contextlib.suppress(redis.RedisError):
-            stats_client.set(stats_key, json.dumps(final), ex=60)
-            if client.last_seen:
-                state.hset(last_seen_key, mapping={k: str(v) for k, v in client.last_seen.items()})
+        save_state(final, 60)
         logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
     return final
 

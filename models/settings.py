@@ -9,7 +9,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.errors import ConfigError
@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     ingest_max_retries: int = Field(default=30, ge=0)
     visibility_timeout_s: int = Field(default=300, ge=10)
     broker_key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
+    # Optional logins `bookfeed migrate` creates for least-privilege access (docker-compose sets them).
+    worker_db_user: str = Field(default="", max_length=63)
+    worker_db_password: SecretStr = SecretStr("")
+    reader_db_user: str = Field(default="", max_length=63)
+    reader_db_password: SecretStr = SecretStr("")
     ledger_path: str | None = None  # feed audit file: one line per forwarded frame (chaos suite)
 
     data_dir: Path = Path(".bookfeed")

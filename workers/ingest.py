@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -25,7 +25,7 @@ __all__ = ["IngestResult", "ParsedBatch", "ingest_batch", "parse_batch", "reject
 logger = logging.getLogger(__name__)
 
 # Partitions known to exist in this process; a new UTC day costs one extra statement per process.
-_known_days: set[Any] = set()
+_known_days: set[date] = set()
 
 
 @dataclass(frozen=True, slots=True)

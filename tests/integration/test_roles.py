@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -60,3 +61,40 @@ def test_reader_role_sees_views_not_tables(clean_db: Engine) -> None:
             conn, "bookfeed_reader", "INSERT INTO ingest_batches (batch_id, n_books, n_rejected) VALUES ('x', 0, 0)"
         )
         _denied(conn, "bookfeed_reader", "SELECT bookfeed_ensure_partition(DATE '2031-01-01')")
+
+
+def test_migrate_creates_least_privilege_logins(
+    database_url: str, clean_db: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from feed.cli import main
+
+    suffix = uuid.uuid4().hex[:6]
+    worker, reader = f"bf_worker_{suffix}", f"bf_reader_{suffix}"
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("BOOKFEED_WORKER_DB_USER", worker)
+    monkeypatch.setenv("BOOKFEED_WORKER_DB_PASSWORD", "s3cret'; DROP TABLE x; --")  # quoted by the server
+    monkeypatch.setenv("BOOKFEED_READER_DB_USER", reader)
+    monkeypatch.setenv("BOOKFEED_READER_DB_PASSWORD", "another")
+    try:
+        assert main(["migrate"]) == 0
+        assert main(["migrate"]) == 0  # again: the logins are updated, not duplicated
+        out = capsys.readouterr().out
+        assert f"login {worker} is a member of bookfeed_writer" in out
+        as_worker = create_engine(make_url(database_url).set(username=worker, password="x"), poolclass=NullPool)
+        frames = [(T0 + i, simple_book(100 + i, luid=i)) for i in range(3)]
+        assert ingest_batch(as_worker, make_batch(batch_id="login", frames=frames)).n_books == 3
+        with as_worker.connect() as conn, pytest.raises(ProgrammingError, match="permission denied"):
+            conn.execute(text("DELETE FROM book_snapshots"))
+        as_worker.dispose()
+        as_reader = create_engine(make_url(database_url).set(username=reader, password="x"), poolclass=NullPool)
+        with as_reader.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM order_books")).scalar_one() == 3
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                conn.execute(text("SELECT count(*) FROM book_snapshots"))
+        as_reader.dispose()
+    finally:
+        with clean_db.begin() as conn:
+            for role in (worker, reader):
+                conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))  # names made above

@@ -185,9 +185,14 @@ def test_simulator_is_only_in_the_sim_profile(services: dict[str, dict[str, Any]
 
 
 def test_required_secrets_fail_fast_when_unset(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("migrate", "worker"):
-        url = services[name]["environment"]["DATABASE_URL"]
-        assert url.startswith("postgresql://") and "${POSTGRES_PASSWORD:?" in url
+    migrate = services["migrate"]["environment"]
+    assert migrate["DATABASE_URL"].startswith("postgresql://") and "${POSTGRES_PASSWORD:?" in migrate["DATABASE_URL"]
+    assert migrate["BOOKFEED_WORKER_DB_PASSWORD"].startswith("${WORKER_DB_PASSWORD:?")
+    assert migrate["BOOKFEED_READER_DB_PASSWORD"].startswith("${READER_DB_PASSWORD:?")
+    # Workers connect as the least-privilege login that migrate creates, never as the owner.
+    worker_url = services["worker"]["environment"]["DATABASE_URL"]
+    assert worker_url.startswith("postgresql://bookfeed_worker:${WORKER_DB_PASSWORD:?")
+    assert migrate["BOOKFEED_WORKER_DB_USER"] == "bookfeed_worker"
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 
 

@@ -43,6 +43,8 @@ def _grants(verb: str) -> list[str]:
     return [
         f"{verb} USAGE ON SCHEMA public {to} bookfeed_writer, bookfeed_reader",
         f"{verb} SELECT, INSERT ON {', '.join(WRITER_TABLES)} {to} bookfeed_writer",
+        # The frame-by-frame path corrects a claimed batch's counts.
+        f"{verb} UPDATE (n_books, n_rejected) ON ingest_batches {to} bookfeed_writer",
         f"{verb} SELECT, INSERT, UPDATE ON {', '.join(AVERAGE_TABLES)} {to} bookfeed_writer",
         f"{verb} EXECUTE ON FUNCTION bookfeed_ensure_partition(date) {to} bookfeed_writer",
         f"{verb} SELECT ON {', '.join(VIEWS)} {to} bookfeed_writer, bookfeed_reader",

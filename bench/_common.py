@@ -5,18 +5,14 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
-import psycopg2
-from sqlalchemy.engine import make_url
 
-from feed.embedded import EmbeddedPostgres, EmbeddedRedis
+from feed.embedded import start_servers
 from models.schema import upgrade_to_head
-from models.settings import normalise_database_url
 
 
 def frames(n: int, *, seed: int = 1, depth: int = 20) -> list[str]:
@@ -40,45 +36,24 @@ def frames(n: int, *, seed: int = 1, depth: int = 20) -> list[str]:
 
 @contextmanager
 def services() -> Iterator[tuple[str, str, Callable[[], str]]]:
-    """(admin database URL, redis base URL, new_database()) from the environment or embedded servers."""
-    stops: list[Callable[[], None]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="bookfeed-bench-"))
+    """(admin database URL, redis base URL, new_database()) from DATABASE_URL/REDIS_URL or embedded servers;
+    the databases made with new_database() are migrated, and dropped at the end."""
+    servers = start_servers(
+        Path(tempfile.mkdtemp(prefix="bookfeed-bench-")),
+        database_url=os.environ.get("DATABASE_URL"),
+        redis_url=os.environ.get("REDIS_URL"),
+    )
+    created: list[str] = []
+
+    def new_database() -> str:
+        url = servers.create_database(prefix="bookfeed_bench")
+        created.append(url)
+        upgrade_to_head(url)
+        return url
+
     try:
-        db = os.environ.get("DATABASE_URL")
-        if db:
-            admin = normalise_database_url(db)
-        else:
-            pg = EmbeddedPostgres(tmp / "pg", database="postgres")
-            admin = pg.start()
-            stops.append(pg.stop)
-        r = os.environ.get("REDIS_URL")
-        if r:
-            base = r.rsplit("/", 1)[0] if r.count("/") > 2 else r
-        else:
-            rd = EmbeddedRedis(tmp / "redis")
-            base = rd.start().rsplit("/", 1)[0]
-            stops.append(rd.stop)
-        created: list[str] = []
-
-        def new_database() -> str:
-            name = f"bookfeed_bench_{uuid.uuid4().hex[:8]}"
-            _admin_exec(admin, f'CREATE DATABASE "{name}"')
-            created.append(name)
-            url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-            upgrade_to_head(url)
-            return url
-
-        yield admin, base, new_database
-        for name in created:
-            _admin_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield servers.admin_url, servers.redis_base, new_database
+        for url in created:
+            servers.drop_database(url)
     finally:
-        for stop in reversed(stops):
-            stop()
-
-
-def _admin_exec(admin: str, sql: str) -> None:
-    conn = psycopg2.connect(admin.replace("postgresql+psycopg2://", "postgresql://"))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)  # names we generated, never input
-    conn.close()
+        servers.close()

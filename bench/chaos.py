@@ -27,10 +27,10 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 
 from feed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from models.book import parse_stream_name
-from models.errors import MalformedPayloadError
 from models.messages import INGEST_QUEUE, METRICS_QUEUE
 from models.schema import upgrade_to_head
+from workers.audit import averages_mismatches, check_ledger, duplicated_books, read_ledger
+from workers.averages import compute_averages
 
 STREAMS = ("btcusdt@depth20", "ethusdt@depth20", "bnbusdt@depth10")
 
@@ -237,74 +237,13 @@ def drain(d: Drill, client_url: str, expected: Callable[[], bool], timeout: floa
     return expected()
 
 
-def ledger_entries(path: Path) -> list[tuple[int, str, int | None]]:
-    out = []
-    for line in path.read_text().splitlines():
-        ns, stream, luid = line.split("\t")
-        out.append((int(ns), stream, int(luid) if luid else None))
-    return out
-
-
 def analyse(d: Drill, engine: Engine, final_now: float) -> dict[str, Any]:
-    entries = ledger_entries(d.ledger)
+    entries = read_ledger(d.ledger)
+    report = check_ledger(engine, entries)
     with engine.connect() as conn:
-        books = conn.execute(
-            text(
-                "SELECT symbol, depth, last_update_id, (extract(epoch FROM received_at) * 1000000)::bigint "
-                "FROM book_snapshots"
-            )
-        ).all()
-        rejected = conn.execute(
-            text("SELECT (extract(epoch FROM received_at) * 1000000)::bigint, reason FROM rejected_frames")
-        ).all()
         lat = conn.execute(
             text("SELECT max(extract(epoch FROM stored_at - min_received_at)) FROM ingest_batches")
         ).scalar()
-        wrong_avgs = conn.execute(
-            text(
-                """
-            WITH expected AS (
-              SELECT exchange, symbol, w AS window_seconds,
-                     date_bin(make_interval(secs => w), received_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS ws,
-                     avg(price) AS avg_price, count(*) AS samples
-              FROM book_snapshots CROSS JOIN (VALUES (30), (60)) v(w)
-              WHERE price IS NOT NULL AND NOT crossed
-              GROUP BY 1, 2, 3, 4
-              HAVING date_bin(make_interval(secs => w), max(received_at), TIMESTAMPTZ '1970-01-01 00:00:00+00')
-                     + make_interval(secs => w) <= to_timestamp(:now))
-            SELECT count(*) FROM expected e FULL JOIN price_average_windows a
-              ON (a.exchange, a.symbol, a.window_seconds, a.window_start)
-               = (e.exchange, e.symbol, e.window_seconds, e.ws)
-            WHERE (e.ws IS NOT NULL AND a.window_start IS NULL)
-               OR (a.window_start IS NOT NULL AND e.ws IS NULL
-                   AND a.window_start + make_interval(secs => a.window_seconds) <= to_timestamp(:now))
-               OR a.samples <> e.samples OR abs(a.avg_price - e.avg_price) > 1e-9 * abs(e.avg_price)
-            """
-            ),
-            {"now": final_now},
-        ).scalar_one()
-    book_keys = {(s, dp, luid) for s, dp, luid, _ in books}
-    by_identity = {(s, dp, luid, us) for s, dp, luid, us in books}
-    rejected_us = {us for us, _ in rejected}
-    stored = rejected_n = lost = 0
-    lost_examples = []
-    for ns, stream, luid in entries:
-        us = ns // 1000
-        key = None
-        if stream and luid is not None:
-            try:
-                sn = parse_stream_name(stream)
-                key = (sn.symbol, sn.depth, luid, us)
-            except MalformedPayloadError:
-                key = None
-        if key is not None and key in by_identity:
-            stored += 1
-        elif us in rejected_us:
-            rejected_n += 1
-        else:
-            lost += 1
-            if len(lost_examples) < 5:
-                lost_examples.append((ns, stream, luid))
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{d.sim_port}/control/stats", timeout=5) as r:
             sim_stats = json.loads(r.read())
@@ -313,14 +252,14 @@ def analyse(d: Drill, engine: Engine, final_now: float) -> dict[str, Any]:
         sent = -1
     return {
         "frames sent by the simulator": sent,
-        "frames received by the feed": len(entries),
-        "not received (feed restarting: outside the promise)": sent - len(entries) if sent >= 0 else "n/a",
-        "stored as books": stored,
-        "recorded as rejected": rejected_n,
-        "duplicated": len(books) - len(book_keys),
-        "lost": lost,
-        "lost examples": lost_examples,
-        "average windows missing or wrong": int(wrong_avgs),
+        "frames received by the feed": report.received,
+        "not received (feed restarting: outside the promise)": sent - report.received if sent >= 0 else "n/a",
+        "stored as books": report.stored,
+        "recorded as rejected": report.rejected,
+        "duplicated": duplicated_books(engine),
+        "lost": len(report.missing),
+        "lost examples": report.missing[:5],
+        "average windows missing or wrong": len(averages_mismatches(engine, closed_before_s=final_now)),
         "longest receive -> stored (s)": round(float(lat or 0), 2),
     }
 
@@ -351,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         d.log("stopping the feed")
         d.stop("feed")
         engine = create_engine(db_url)
-        received = len(ledger_entries(d.ledger))
+        received = len(read_ledger(d.ledger))
 
         def accounted() -> bool:
             with engine.connect() as conn:
@@ -362,8 +301,6 @@ def main(argv: list[str] | None = None) -> int:
 
         drain(d, redis_url, accounted, timeout=max(600.0, 3 * args.visibility_timeout))
         final_now = time.time()
-        from workers.averages import compute_averages
-
         for w in (30, 60):
             compute_averages(engine, window_s=w, now_s=final_now, grace_s=0.0, lookback_s=600.0)
         report = analyse(d, engine, final_now)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from feed.argtypes import positive, positive_int
 from feed.sim.commands import register as register_sim_commands
 from models.errors import ConfigError, PipelineError, RetriesExhaustedError
 from models.logconfig import configure_logging
@@ -26,26 +27,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_CONFIG, f"bookfeed: error: {message}\n")
 
 
-def _positive_float(v: str) -> float:
-    try:
-        f = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
-    if not f > 0:
-        raise argparse.ArgumentTypeError(f"{v!r} must be positive")
-    return f
-
-
-def _positive_int(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not a whole number") from None
-    if i < 1:
-        raise argparse.ArgumentTypeError(f"{v!r} must be at least 1")
-    return i
-
-
 def _feed_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
@@ -55,8 +36,8 @@ def _feed_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", help="comma-separated symbols, e.g. btcusdt,ethusdt (env BOOKFEED_SYMBOLS)")
     p.add_argument("--depth", type=int, choices=(5, 10, 20), help="levels per side (default 20)")
     p.add_argument("--speed", choices=("1000ms", "100ms"), help="update speed (default 1000ms)")
-    p.add_argument("--batch-max-frames", type=_positive_int, help="frames per task at most (default 200)")
-    p.add_argument("--batch-max-wait-ms", type=_positive_int, help="ms a frame waits for its batch (default 100)")
+    p.add_argument("--batch-max-frames", type=positive_int, help="frames per task at most (default 200)")
+    p.add_argument("--batch-max-wait-ms", type=positive_int, help="ms a frame waits for its batch (default 100)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,16 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run everything on this machine (embedded PostgreSQL/Redis if no URL is set)")
     _feed_flags(up)
-    up.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
-    up.add_argument("--duration", type=_positive_float, help="stop after S seconds (default: until Ctrl-C)")
-    up.add_argument("--flower-port", type=_positive_int, default=5555)
-    up.add_argument("--interval", type=_positive_float, default=2.0, help="seconds between live lines")
+    up.add_argument("--workers", type=positive_int, default=2, help="worker processes (default 2)")
+    up.add_argument("--duration", type=positive, help="stop after S seconds (default: until Ctrl-C)")
+    up.add_argument("--flower-port", type=positive_int, default=5555)
+    up.add_argument("--interval", type=positive, default=2.0, help="seconds between live lines")
     up.add_argument("--simulate", action="store_true", help="feed from the built-in simulator instead of --url")
     up.set_defaults(func=_cmd_up)
 
     fd = sub.add_parser("feed", help="run the websocket feed (needs REDIS_URL)")
     _feed_flags(fd)
-    fd.add_argument("--duration", type=_positive_float, help="stop after S seconds")
+    fd.add_argument("--duration", type=positive, help="stop after S seconds")
     fd.set_defaults(func=_cmd_feed)
 
     mg = sub.add_parser("migrate", help="apply the database migrations (needs DATABASE_URL)")

@@ -10,17 +10,20 @@ import logging
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import redis
+from sqlalchemy.engine import make_url
 
 from models.errors import ConfigError
 from models.settings import normalise_database_url
 
-__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "free_port"]
+__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "Servers", "free_port", "start_servers"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +134,58 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         self._proc = None
+
+
+@dataclass
+class Servers:
+    """A PostgreSQL and a Redis for tests and benchmarks: given ones, or embedded ones started here. Each user
+    works in databases it creates (`create_database`), so a shared server is never touched beyond them."""
+
+    admin_url: str  # SQLAlchemy URL of a database to CREATE DATABASE from
+    redis_base: str  # redis://host:port, without a database number
+    stoppers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for stop in reversed(self.stoppers):
+            stop()
+
+    def create_database(self, prefix: str = "bookfeed_test") -> str:
+        """A new empty database beside `admin_url`; returns its SQLAlchemy URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self._admin(f'CREATE DATABASE "{name}"')  # a name made here, never input
+        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_database(self, url: str) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+    def _admin(self, sql: str) -> None:
+        conn = psycopg2.connect(self.admin_url.replace("postgresql+psycopg2://", "postgresql://"))
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+
+def start_servers(work_dir: Path, *, database_url: str | None, redis_url: str | None) -> Servers:
+    """Use the servers the URLs name; start embedded ones under `work_dir` for those not given."""
+    servers = Servers(admin_url="", redis_base="")
+    try:
+        if database_url:
+            servers.admin_url = normalise_database_url(database_url)
+        else:
+            pg = EmbeddedPostgres(work_dir / "pg", database="postgres")
+            servers.admin_url = pg.start()
+            servers.stoppers.append(pg.stop)
+        if redis_url:
+            parts = redis_url.split("/")
+            servers.redis_base = "/".join(parts[:3])  # scheme://host:port
+        else:
+            rd = EmbeddedRedis(work_dir / "redis")
+            servers.redis_base = rd.start().rsplit("/", 1)[0]
+            servers.stoppers.append(rd.stop)
+    except BaseException:
+        servers.close()
+        raise
+    return servers

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["configure_logging"]
 
@@ -27,10 +27,25 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stdout is at the time (test runners and daemons swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", fmt: Literal["auto", "json", "text"] = "auto") -> None:
     """Send all logs to stdout; `auto` picks JSON lines unless stdout is a terminal."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     if use_json:
         formatter: logging.Formatter = _JsonFormatter()
         formatter.converter = time.gmtime

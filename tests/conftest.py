@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,8 +14,6 @@ from sqlalchemy import Engine, create_engine, text
 
 from tests.services import (
     Services,
-    create_database,
-    drop_database,
     start_services,
     start_worker,
     stop_process,
@@ -23,6 +22,16 @@ from tests.services import (
 TEST_REDIS_DB = int(os.environ.get("BOOKFEED_TEST_REDIS_DB", "15"))
 # Every run's queues live under their own key prefix, so runs sharing a Redis never see each other's tasks.
 BROKER_PREFIX = f"bookfeed-test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Commands under test configure the root logger; put it back so no test leaks handlers into the next."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +45,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 def database_url(services: Services) -> Iterator[str]:
     from models.schema import upgrade_to_head
 
-    url = create_database(services.admin_url)
+    url = services.create_database()
     upgrade_to_head(url)
     yield url
-    drop_database(services.admin_url, url)
+    services.drop_database(url)
 
 
 @pytest.fixture(scope="session")

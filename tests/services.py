@@ -10,72 +10,19 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
-from sqlalchemy.engine import make_url
-
-from feed.embedded import EmbeddedPostgres, EmbeddedRedis
-from models.settings import normalise_database_url
+from feed.embedded import Servers, start_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass
-class Services:
-    admin_url: str  # SQLAlchemy URL of a database we may CREATE DATABASE from
-    redis_base: str  # redis://host:port (no db)
-    stoppers: list
-
-    def close(self) -> None:
-        for stop in self.stoppers:
-            stop()
+Services = Servers
 
 
-def start_services(tmp: Path) -> Services:
-    stoppers = []
-    db = os.environ.get("DATABASE_URL")
-    if db:
-        admin = normalise_database_url(db)
-    else:
-        pg = EmbeddedPostgres(tmp / "pg", database="postgres")
-        admin = pg.start()
-        stoppers.append(pg.stop)
-    r = os.environ.get("REDIS_URL")
-    if r:
-        p = urlsplit(r)
-        base = urlunsplit((p.scheme, p.netloc, "", "", ""))
-    else:
-        rd = EmbeddedRedis(tmp / "redis")
-        base = rd.start().rsplit("/", 1)[0]
-        stoppers.append(rd.stop)
-    return Services(admin, base, stoppers)
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg2://", "postgresql://")
-
-
-def create_database(admin_url: str, prefix: str = "bookfeed_test") -> str:
-    """A new empty database next to `admin_url`; returns its SQLAlchemy URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    conn = psycopg2.connect(_libpq(admin_url))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')  # a name we made, never input
-    conn.close()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    name = make_url(url).database
-    conn = psycopg2.connect(_libpq(admin_url))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
+def start_services(tmp: Path) -> Servers:
+    return start_servers(tmp, database_url=os.environ.get("DATABASE_URL"), redis_url=os.environ.get("REDIS_URL"))
 
 
 def start_worker(env: dict[str, str], log: Path, *, concurrency: int = 2, name: str = "test") -> subprocess.Popen:
@@ -119,3 +66,13 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll `cond` every 0.2 s until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not met within {timeout:.0f}s")

@@ -6,41 +6,20 @@
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import websocket
 
+from feed.argtypes import fraction, non_negative, port, positive, positive_int
 from feed.sim._config import ReplayConfig, ServerConfig, SimConfig, SimConfigError
 from feed.sim._faults import FaultConfig
 from feed.sim._record import RecordingError, record
 from feed.sim._run import Bundle, build_replayer, build_simulator, serve_until_signal, ws_url
 from feed.sim._symbols import DEFAULT_SYMBOLS
-
-
-def _number(kind: Callable[[str], Any], check: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if (isinstance(value, float) and not math.isfinite(value)) or not check(value):
-            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
-        return value
-
-    return parse
-
-
-_positive = _number(float, lambda v: v > 0, "must be positive")
-_non_negative = _number(float, lambda v: v >= 0, "must be >= 0")
-_fraction = _number(float, lambda v: 0 <= v <= 1, "must be in [0, 1]")
-_positive_int = _number(int, lambda v: v > 0, "must be a positive integer")
-_port = _number(int, lambda v: 0 <= v <= 65535, "must be in 0..65535")
 
 
 def _symbols(text: str) -> tuple[str, ...]:
@@ -56,11 +35,11 @@ def _off_if_zero(value: float) -> float | None:
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=9443, help="port (default 9443; 0 picks a free one)")
-    parser.add_argument("--ping-interval", type=_non_negative, default=20.0, help="seconds between pings (0: off)")
-    parser.add_argument("--pong-timeout", type=_non_negative, default=60.0, help="close without pong (0: never)")
-    parser.add_argument("--max-lifetime", type=_non_negative, default=86400.0, help="connection lifetime, s (0: ∞)")
-    parser.add_argument("--shutdown-notice", type=_non_negative, default=0.0, help="serverShutdown lead time, s")
+    parser.add_argument("--port", type=port, default=9443, help="port (default 9443; 0 picks a free one)")
+    parser.add_argument("--ping-interval", type=non_negative, default=20.0, help="seconds between pings (0: off)")
+    parser.add_argument("--pong-timeout", type=non_negative, default=60.0, help="close without pong (0: never)")
+    parser.add_argument("--max-lifetime", type=non_negative, default=86400.0, help="connection lifetime, s (0: ∞)")
+    parser.add_argument("--shutdown-notice", type=non_negative, default=0.0, help="serverShutdown lead time, s")
 
 
 def _server_config(args: argparse.Namespace) -> ServerConfig:
@@ -148,29 +127,29 @@ def register(subparsers: Any) -> None:
     _add_server_flags(sim)
     names = sim.add_mutually_exclusive_group()
     names.add_argument("--symbols", type=_symbols, default=DEFAULT_SYMBOLS, help="e.g. btcusdt,ethusdt")
-    names.add_argument("--random-symbols", type=_positive_int, metavar="N", help="N generated symbols instead")
-    sim.add_argument("--rate", type=_positive, help="frames/s per connection over its streams (default: cadence)")
+    names.add_argument("--random-symbols", type=positive_int, metavar="N", help="N generated symbols instead")
+    sim.add_argument("--rate", type=positive, help="frames/s per connection over its streams (default: cadence)")
     sim.add_argument("--seed", type=int, default=0, help="market seed (same seed, same books)")
-    sim.add_argument("--drop-every", type=_positive, metavar="S", help="abort all connections every S seconds")
-    sim.add_argument("--stall-every", type=_positive, metavar="S", help="stall all streams every S seconds")
-    sim.add_argument("--stall-for", type=_positive, default=5.0, metavar="S", help="stall length (default 5 s)")
-    sim.add_argument("--malformed-fraction", type=_fraction, default=0.0, metavar="F", help="malformed frames")
-    sim.add_argument("--crossed-fraction", type=_fraction, default=0.0, metavar="F", help="crossed books")
-    sim.add_argument("--one-sided-fraction", type=_fraction, default=0.0, metavar="F", help="one-sided books")
-    sim.add_argument("--delay-ms", type=_non_negative, default=0.0, metavar="M", help="delay every frame by M ms")
+    sim.add_argument("--drop-every", type=positive, metavar="S", help="abort all connections every S seconds")
+    sim.add_argument("--stall-every", type=positive, metavar="S", help="stall all streams every S seconds")
+    sim.add_argument("--stall-for", type=positive, default=5.0, metavar="S", help="stall length (default 5 s)")
+    sim.add_argument("--malformed-fraction", type=fraction, default=0.0, metavar="F", help="malformed frames")
+    sim.add_argument("--crossed-fraction", type=fraction, default=0.0, metavar="F", help="crossed books")
+    sim.add_argument("--one-sided-fraction", type=fraction, default=0.0, metavar="F", help="one-sided books")
+    sim.add_argument("--delay-ms", type=non_negative, default=0.0, metavar="M", help="delay every frame by M ms")
     sim.set_defaults(func=_simulate, command="simulate")
 
     rec = subparsers.add_parser("record", help="record raw frames from a websocket URL into a .jsonl.gz file")
     rec.add_argument("--url", required=True, help="e.g. ws://127.0.0.1:9443/stream?streams=btcusdt@depth20")
     rec.add_argument("--out", required=True, help="output file (gzip JSON lines)")
-    rec.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
-    rec.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
+    rec.add_argument("--duration", type=positive, metavar="S", help="stop after S seconds")
+    rec.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
     rec.set_defaults(func=_record, command="record")
 
     rep = subparsers.add_parser("replay", help="serve a recording as a Binance-compatible server")
     rep.add_argument("file", help="recording written by `bookfeed record`")
     _add_server_flags(rep)
     pace = rep.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=_positive, default=1.0, metavar="X", help="X times the original pace")
+    pace.add_argument("--speed", type=positive, default=1.0, metavar="X", help="X times the original pace")
     pace.add_argument("--fast", action="store_true", help="as fast as the client reads")
     rep.set_defaults(func=_replay, command="replay")

@@ -12,18 +12,10 @@ from sqlalchemy import Engine, text
 
 from feed.service import FeedConfig, run_feed
 from feed.sim import SimConfig, SimulatorThread
-from tests.e2e._checks import duplicated_books, read_ledger, unaccounted_frames
+from tests.services import wait_for
+from workers.audit import check_ledger, duplicated_books, read_ledger
 
 pytestmark = pytest.mark.e2e
-
-
-def _wait_for(cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_drops_and_stalls_become_gaps_and_lose_nothing(
@@ -51,10 +43,7 @@ def test_drops_and_stalls_become_gaps_and_lose_nothing(
         feed.join(30)
     frames = read_ledger(ledger)
 
-    def all_stored() -> bool:
-        return not unaccounted_frames(clean_db, frames)
-
-    _wait_for(all_stored)
+    wait_for(lambda: not check_ledger(clean_db, frames).missing)
     assert duplicated_books(clean_db) == 0
     with clean_db.connect() as conn:
         gaps = conn.execute(text("SELECT stream, reason, end_at - start_at FROM feed_gaps ORDER BY start_at")).all()

@@ -15,14 +15,9 @@ from sqlalchemy import Engine, create_engine, text
 
 from feed.embedded import free_port
 from feed.sim import FaultConfig, SimConfig, SimulatorThread
-from tests.e2e._checks import (
-    assert_metrics_exact,
-    averages_mismatches,
-    duplicated_books,
-    read_ledger,
-    unaccounted_frames,
-)
-from tests.services import Services, create_database, drop_database
+from tests.e2e._checks import assert_metrics_exact
+from tests.services import Services
+from workers.audit import averages_mismatches, check_ledger, duplicated_books, read_ledger
 
 pytestmark = pytest.mark.e2e
 
@@ -32,11 +27,11 @@ UP_REDIS_DB = 14
 
 @pytest.fixture
 def fresh_db(services: Services) -> Iterator[tuple[str, Engine]]:
-    url = create_database(services.admin_url, prefix="bookfeed_up")
+    url = services.create_database(prefix="bookfeed_up")
     engine = create_engine(url)
     yield url, engine
     engine.dispose()
-    drop_database(services.admin_url, url)
+    services.drop_database(url)
 
 
 def test_up_stores_every_frame_once_with_exact_metrics_and_averages(
@@ -89,7 +84,7 @@ def test_up_stores_every_frame_once_with_exact_metrics_and_averages(
 
     frames = read_ledger(ledger)
     assert 0.9 * sent <= len(frames) <= sent
-    assert unaccounted_frames(engine, frames) == []
+    assert check_ledger(engine, frames).missing == []
     assert duplicated_books(engine) == 0
     with engine.connect() as conn:
         books = conn.execute(text("SELECT count(*) FROM order_books")).scalar_one()

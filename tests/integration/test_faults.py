@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,21 +18,12 @@ from models.messages import INGEST_QUEUE, make_batch
 from models.schema import upgrade_to_head
 from tests.conftest import service_env
 from tests.integration._frames import simple_book
-from tests.services import start_worker, stop_process
+from tests.services import start_worker, stop_process, wait_for
 from workers.ingest import ingest_batch
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_790_000_000_000_000_000
-
-
-def _wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -64,7 +55,7 @@ def test_worker_retries_through_a_postgres_outage(
                 )
             )
         )
-        _wait_for(lambda: "PostgreSQL unavailable" in (tmp_path / "worker.log").read_text(), 30)
+        wait_for(lambda: "PostgreSQL unavailable" in (tmp_path / "worker.log").read_text(), 30)
         time.sleep(3)
         pg.resume()
 
@@ -72,7 +63,7 @@ def test_worker_retries_through_a_postgres_outage(
             with engine.connect() as conn:
                 return conn.execute(text("SELECT count(*) FROM order_books")).scalar_one() == 50
 
-        _wait_for(stored, 90)
+        wait_for(stored, 90)
     finally:
         engine.dispose()
         stop_process(worker)
@@ -88,7 +79,7 @@ def test_feed_buffers_while_redis_is_down_and_publishes_in_order(tmp_path: Path)
         thread = threading.Thread(target=publisher.run, args=(stop,), daemon=True)
         thread.start()
         publisher.enqueue([(1, "a")])
-        _wait_for(lambda: client.llen(INGEST_QUEUE) == 1, 10)
+        wait_for(lambda: client.llen(INGEST_QUEUE) == 1, 10)
         rd.stop()
         for i in range(2, 12):  # the reader keeps going: enqueue never blocks
             t = time.monotonic()
@@ -97,7 +88,7 @@ def test_feed_buffers_while_redis_is_down_and_publishes_in_order(tmp_path: Path)
         time.sleep(1.0)
         assert publisher.pending_frames() >= 9 and publisher.stats.send_failures >= 1
         rd.start()  # same port, AOF on: the first batch is still queued
-        _wait_for(lambda: publisher.pending_frames() == 0, 60)
+        wait_for(lambda: publisher.pending_frames() == 0, 60)
         stop.set()
         thread.join(10)
         ids = [_batch_id(raw) for raw in client.lrange(INGEST_QUEUE, 0, -1)]

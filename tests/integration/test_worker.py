@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,11 @@ from sqlalchemy import Engine, text
 from feed.publisher import PendingBatch, broker_app, make_celery_sender
 from models.messages import AVERAGES_TASK, METRICS_QUEUE, make_batch
 from tests.integration._frames import simple_book
+from tests.services import wait_for
 
 pytestmark = pytest.mark.integration
 
 NS = 10**9
-
-
-def _wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _count(engine: Engine, sql: str) -> int:
@@ -48,7 +39,7 @@ def test_batches_published_by_the_feed_are_stored_once(
     for batch in batches:
         send(PendingBatch(batch))
     send(PendingBatch(batches[0]))  # a redelivery of a whole batch
-    _wait_for(lambda: _count(clean_db, "SELECT count(*) FROM ingest_batches") == 5)
+    wait_for(lambda: _count(clean_db, "SELECT count(*) FROM ingest_batches") == 5)
     time.sleep(1.0)  # let the duplicate run too
     assert _count(clean_db, "SELECT count(*) FROM order_books") == 500
     assert _count(clean_db, "SELECT count(*) FROM rejected_messages") == 5
@@ -63,9 +54,9 @@ def test_averages_task_runs_in_the_worker(clean_db: Engine, redis_url: str, brok
             make_batch(batch_id="avg", frames=[((t + k) * NS, simple_book(100, luid=k)) for k in range(0, 120, 3)])
         )
     )
-    _wait_for(lambda: _count(clean_db, "SELECT count(*) FROM order_books") == 40)
+    wait_for(lambda: _count(clean_db, "SELECT count(*) FROM order_books") == 40)
     app = broker_app(redis_url, key_prefix=broker_prefix, name="test")
     for w in (30, 60):
         app.send_task(AVERAGES_TASK, kwargs={"window_s": w}, queue=METRICS_QUEUE)
-    _wait_for(lambda: _count(clean_db, "SELECT count(*) FROM price_averages") == 4 + 2)
+    wait_for(lambda: _count(clean_db, "SELECT count(*) FROM price_averages") == 4 + 2)
     assert _count(clean_db, "SELECT sum(samples) FROM price_averages WHERE window_seconds = 60") == 40

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
 from feed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from feed.publisher import broker_app
@@ -141,7 +142,7 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
         out(f"Flower:     http://127.0.0.1:{port}")
         out(
             f"SQL:        psql '{_psql_url(db_url)}'  (views: order_books, book_metrics, price_averages, "
-            "rejected_messages)"
+            "rejected_messages, feed_gaps)"
         )
         out(f"logs:       {logs}")
         return _supervise(procs, db_url, redis_url, settings.broker_key_prefix, opts, out)
@@ -330,4 +331,8 @@ def _port_free(port: int) -> bool:
 
 
 def _psql_url(db_url: str) -> str:
+    """A libpq URL to show the user: never with the password."""
+    url = make_url(db_url)
+    if url.password:
+        return url.set(drivername="postgresql").render_as_string(hide_password=True)
     return db_url.replace("postgresql+psycopg2://", "postgresql://")

@@ -284,7 +284,7 @@ class _Display:
             rejected = conn.execute(text("SELECT count(*) FROM rejected_frames")).scalar()
             rows = conn.execute(
                 text(
-                    "SELECT symbol, window_seconds, window_start, avg_price, samples FROM ("
+                    "SELECT symbol, window_seconds, window_start, avg_price, samples, complete FROM ("
                     "  SELECT *, row_number() OVER (PARTITION BY symbol, window_seconds"
                     "                               ORDER BY window_start DESC) AS n"
                     "  FROM price_averages) a WHERE n <= 2 ORDER BY symbol, window_seconds, window_start"
@@ -292,9 +292,11 @@ class _Display:
             ).all()
         self.out(f"stored books: {books}, rejected frames: {rejected}")
         self.out("latest rows of price_averages:")
-        self.out(f"  {'symbol':<12} {'window':>6}  {'window_start (UTC)':<20} {'avg_price':>16} {'samples':>8}")
-        for symbol, w, start, avg, samples in rows:
-            self.out(f"  {symbol:<12} {w:>5}s  {start:%Y-%m-%d %H:%M:%S} {avg:>16.8f} {samples:>8}")
+        self.out(
+            f"  {'symbol':<12} {'window':>6}  {'window_start (UTC)':<20} {'avg_price':>16} {'samples':>8} complete"
+        )
+        for symbol, w, start, avg, samples, complete in rows:
+            self.out(f"  {symbol:<12} {w:>5}s  {start:%Y-%m-%d %H:%M:%S} {avg:>16.8f} {samples:>8} {complete}")
 
 
 def _feed_env(s: Settings) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 from celery import Task
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_RETRIES = get_settings().ingest_max_retries
 _POISON_RETRIES = 3
+_REQUEUE_PAUSE_S = 30.0
 
 
 def _backoff_s(retries: int) -> float:
@@ -28,8 +30,9 @@ def _backoff_s(retries: int) -> float:
 
 @app.task(name=INGEST_TASK, bind=True, max_retries=_MAX_RETRIES)
 def ingest_batch(self: Task, batch: dict[str, Any]) -> dict[str, Any]:
-    """Store one batch of frames. PostgreSQL outages are retried with backoff (about 25 min in all by default);
-    after the last try the frames go to rejected_messages, or, if PostgreSQL is still down, back to the queue."""
+    """Store one batch of frames. PostgreSQL outages are retried with backoff (30 tries, about 13 min in all by
+    default); after the last try the frames go to rejected_messages, or, if PostgreSQL is still down, back to the
+    queue."""
     try:
         result = ingest.ingest_batch(get_engine(), batch)
     except TransientStorageError as exc:
@@ -56,6 +59,8 @@ def _give_up(batch: dict[str, Any], exc: Exception) -> dict[str, Any]:
         n = ingest.reject_batch(get_engine(), batch, reason=f"not stored after retries: {type(exc).__name__}: {exc}")
     except TransientStorageError:
         logger.error("PostgreSQL still unavailable after %d retries; requeueing the batch", _MAX_RETRIES)
+        # Pause before the batch comes back, or a long outage turns into a hot loop of failing deliveries.
+        time.sleep(_REQUEUE_PAUSE_S)
         raise Reject(str(exc), requeue=True) from None
     logger.error("batch not stored after %d retries; %d frames recorded as rejected", _MAX_RETRIES, n)
     return {"rejected_batch": n}

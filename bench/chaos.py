@@ -27,7 +27,8 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 
 from feed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from models.messages import INGEST_QUEUE, METRICS_QUEUE
+from feed.up import beat_command, worker_command
+from models.messages import INGEST_QUEUE
 from models.schema import upgrade_to_head
 from workers.audit import averages_mismatches, check_ledger, duplicated_books, read_ledger
 from workers.averages import compute_averages
@@ -120,42 +121,10 @@ class Drill:
         return db_url, redis_url
 
     def start_worker(self, name: str) -> None:
-        self.start(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "-Q",
-                f"{INGEST_QUEUE},{METRICS_QUEUE}",
-                "-c",
-                "1",
-                "-n",
-                f"{name}@%h",
-                "--loglevel",
-                "INFO",
-            ],
-        )
+        self.start(name, worker_command(concurrency=1, name=name))
 
     def start_beat(self, name: str) -> None:
-        self.start(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "beat",
-                "--schedule",
-                str(self.work / f"{name}-schedule"),
-                "--loglevel",
-                "INFO",
-            ],
-        )
+        self.start(name, beat_command(self.work / f"{name}-schedule"))
 
     def start_feed(self) -> None:
         self.start("feed", [sys.executable, "-m", "feed.cli", "feed"])

@@ -28,7 +28,7 @@ from models.messages import AVERAGES_TASK, INGEST_QUEUE, METRICS_QUEUE
 from models.schema import upgrade_to_head
 from models.settings import Settings
 
-__all__ = ["UpOptions", "run_up"]
+__all__ = ["UpOptions", "beat_command", "run_up", "worker_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,30 @@ class _Procs:
         return None
 
 
+_CELERY = (sys.executable, "-m", "celery", "-A", "workers")
+
+
+def worker_command(*, concurrency: int, name: str) -> list[str]:
+    """`celery -A workers worker` on both queues, as `bookfeed up`, the tests and `make chaos` start it."""
+    return [
+        *_CELERY,
+        "worker",
+        "-Q",
+        f"{INGEST_QUEUE},{METRICS_QUEUE}",
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
+    ]
+
+
+def beat_command(schedule: Path) -> list[str]:
+    """`celery -A workers beat` with its schedule file at `schedule`."""
+    return [*_CELERY, "beat", "--schedule", str(schedule), "--loglevel", "INFO"]
+
+
 def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = print) -> int:
     """Run the whole pipeline until Ctrl-C/SIGTERM or `duration_s`; returns the exit code."""
     data = settings.data_dir.resolve()
@@ -101,25 +125,10 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
             "PYTHONUNBUFFERED": "1",
         }
         procs = _Procs(logs, env)
-        celery = [sys.executable, "-m", "celery", "-A", "workers"]
-        procs.start(
-            "worker",
-            [
-                *celery,
-                "worker",
-                "-Q",
-                f"{INGEST_QUEUE},{METRICS_QUEUE}",
-                "-c",
-                str(opts.workers),
-                "-n",
-                f"bookfeed-{os.getpid()}@%h",
-                "--loglevel",
-                "INFO",
-            ],
-        )
-        procs.start("beat", [*celery, "beat", "--schedule", str(data / "celerybeat-schedule"), "--loglevel", "INFO"])
+        procs.start("worker", worker_command(concurrency=opts.workers, name=f"bookfeed-{os.getpid()}"))
+        procs.start("beat", beat_command(data / "celerybeat-schedule"))
         port = opts.flower_port if _port_free(opts.flower_port) else free_port()
-        procs.start("flower", [*celery, "flower", f"--port={port}", "--address=127.0.0.1"])
+        procs.start("flower", [*_CELERY, "flower", f"--port={port}", "--address=127.0.0.1"])
         if opts.simulate:
             sim_port = free_port()
             procs.start(

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from feed.embedded import Servers, start_servers
+from feed.up import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,20 +28,7 @@ def start_services(tmp: Path) -> Servers:
 def start_worker(env: dict[str, str], log: Path, *, concurrency: int = 2, name: str = "test") -> subprocess.Popen:
     """A real `celery -A workers worker` process; returns once it answers a ping."""
     args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers",
-        "worker",
-        "-Q",
-        "ingest,metrics",
-        "-c",
-        str(concurrency),
-        "-n",
-        f"{name}-{uuid.uuid4().hex[:6]}@%h",
-        "--loglevel",
-        "INFO",
+        *worker_command(concurrency=concurrency, name=f"{name}-{uuid.uuid4().hex[:6]}"),
         "--without-gossip",
         "--without-mingle",
     ]

@@ -242,10 +242,11 @@ class StreamClient:
         self._on_frame(received_ns, raw)
 
     def _safe_url(self) -> str:
+        """The URL for logs: no credentials, and the stream count instead of a query that can hold 1024 names."""
         p = urlsplit(self.url)
-        return urlunsplit((p.scheme, p.hostname or "", p.path, "", "")) + (
-            f" ({p.query.count('/') + 1} streams)" if p.query else ""
-        )
+        host = p.hostname or ""
+        netloc = f"{host}:{p.port}" if p.port else host
+        return urlunsplit((p.scheme, netloc, p.path, "", "")) + f" ({len(self.streams)} streams)"
 
 
 def _streams_of(url: str) -> tuple[str, ...]:

@@ -56,37 +56,27 @@ def upgrade() -> None:
     # Workers create daily partitions without CREATE on the schema: the function runs as its owner.
     op.execute("ALTER FUNCTION bookfeed_ensure_partition(date) SECURITY DEFINER SET search_path = public")
     op.execute("REVOKE EXECUTE ON FUNCTION bookfeed_ensure_partition(date) FROM PUBLIC")
-    op.execute(
-        """
-        DO $$
-        BEGIN
-            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bookfeed_writer')
-               AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bookfeed_reader') THEN
-        """
-        + "\n".join(f"                EXECUTE {_quote(sql)};" for sql in _grants("GRANT"))
-        + """
-            END IF;
-        END $$
-        """
-    )
+    op.execute(_when_roles_exist(_grants("GRANT")))
 
 
 def downgrade() -> None:
-    op.execute(
-        """
-        DO $$
-        BEGIN
-            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bookfeed_writer')
-               AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bookfeed_reader') THEN
-        """
-        + "\n".join(f"                EXECUTE {_quote(sql)};" for sql in _grants("REVOKE"))
-        + """
-            END IF;
-        END $$
-        """
-    )
+    op.execute(_when_roles_exist(_grants("REVOKE")))
     op.execute("GRANT EXECUTE ON FUNCTION bookfeed_ensure_partition(date) TO PUBLIC")
     op.execute("ALTER FUNCTION bookfeed_ensure_partition(date) SECURITY INVOKER RESET search_path")
+
+
+def _when_roles_exist(statements: list[str]) -> str:
+    """A DO block running `statements` only where both roles exist (a migrating user without CREATEROLE)."""
+    body = "\n".join(f"        EXECUTE {_quote(sql)};" for sql in statements)
+    return f"""
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bookfeed_writer')
+       AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bookfeed_reader') THEN
+{body}
+    END IF;
+END $$
+"""
 
 
 def _quote(sql: str) -> str:

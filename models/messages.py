@@ -3,7 +3,8 @@
 A batch is a JSON object ``{"v": 1, "exchange": "binance", "batch_id": str, "frames": [[received_ns, raw], ...]}``:
 ``received_ns`` is the feed's receive time (int, ns since the Unix epoch, UTC) and ``raw`` the frame text exactly as
 the websocket delivered it (a combined-stream wrapper ``{"stream": ..., "data": ...}``). Parsing happens once,
-in the worker.
+in the worker. Optional keys: ``gaps`` (intervals in which a stream may have lost data) and ``rejected`` (messages
+the feed refused itself, e.g. over the size limit: ``[received_ns, reason, excerpt]``, recorded as rejected frames).
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ from typing import Any, Final, NotRequired, TypedDict
 __all__ = [
     "AVERAGES_TASK",
     "EXCHANGE",
+    "EXCHANGES",
     "INGEST_QUEUE",
     "INGEST_TASK",
     "METRICS_QUEUE",
     "PAYLOAD_VERSION",
     "Batch",
+    "FeedRejected",
     "Gap",
     "make_batch",
     "transport_options",
 ]
 
 EXCHANGE: Final = "binance"
+# Every exchange a batch may name; anything else is a foreign producer's batch and is refused.
+EXCHANGES: Final = frozenset({EXCHANGE})
 PAYLOAD_VERSION: Final = 1
 
 INGEST_TASK: Final = "bookfeed.ingest_batch"
@@ -41,15 +46,23 @@ class Batch(TypedDict):
     frames: list[list[Any]]
     # Intervals in which a stream may have lost data: [stream, start_ns, end_ns, reason]. Absent when none.
     gaps: NotRequired[list[list[Any]]]
+    # Messages the feed refused (oversized): [received_ns, reason, excerpt]. Absent when none.
+    rejected: NotRequired[list[list[Any]]]
 
 
 Gap = tuple[str, int, int, str]  # (stream, start_ns, end_ns, reason)
+FeedRejected = tuple[int, str, str]  # (received_ns, reason, excerpt of the refused message)
 
 
 def make_batch(
-    *, batch_id: str, frames: list[tuple[int, str]], exchange: str = EXCHANGE, gaps: Sequence[Gap] = ()
+    *,
+    batch_id: str,
+    frames: list[tuple[int, str]],
+    exchange: str = EXCHANGE,
+    gaps: Sequence[Gap] = (),
+    rejected: Sequence[FeedRejected] = (),
 ) -> Batch:
-    """Build the payload of one ingest task from (received_ns, raw text) pairs and any feed gaps."""
+    """Build the payload of one ingest task from (received_ns, raw text) pairs, feed gaps and feed rejections."""
     batch: Batch = {
         "v": PAYLOAD_VERSION,
         "exchange": exchange,
@@ -58,6 +71,8 @@ def make_batch(
     }
     if gaps:
         batch["gaps"] = [list(g) for g in gaps]
+    if rejected:
+        batch["rejected"] = [list(r) for r in rejected]
     return batch
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.book import MAX_FRAME_BYTES
 from models.errors import ConfigError
 
 __all__ = ["DEFAULT_SYMBOLS", "LIVE_URL", "Settings", "get_settings", "normalise_database_url"]
@@ -47,9 +48,14 @@ class Settings(BaseSettings):
     batch_max_frames: int = Field(default=200, ge=1, le=10_000)
     batch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
     buffer_max_frames: int = Field(default=200_000, ge=1_000)
-    max_frame_bytes: int = Field(
-        default=1024 * 1024, ge=4096
-    )  # websocket hard cap; books over 64 KiB are rejected by workers
+    # The feed's outage buffer is bounded in bytes too (frame text), whichever limit is reached first.
+    buffer_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # Largest websocket message the feed accepts (bytes, the whole message however fragmented); larger ones are
+    # recorded as rejected. Workers refuse frames over MAX_FRAME_BYTES, so a larger value is refused.
+    max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, ge=4096, le=MAX_FRAME_BYTES)
+    # The feed stops publishing while Redis uses more than this fraction of its maxmemory, keeping the rest free
+    # for workers to republish retries (a retry that cannot be published must never lose its batch).
+    broker_high_water: float = Field(default=0.8, gt=0, le=1)
     silence_timeout_s: float = Field(default=30.0, gt=0)
     stall_timeout_s: float = Field(default=10.0, gt=0)  # one stream silent this long while connected: a gap
     max_connection_age_s: float = Field(default=23.5 * 3600, gt=0)
@@ -57,7 +63,13 @@ class Settings(BaseSettings):
 
     averages_grace_s: float = Field(default=5.0, ge=0)
     averages_lookback_s: float = Field(default=600.0, gt=0)
-    ingest_max_retries: int = Field(default=30, ge=0)
+    ingest_max_retries: int = Field(default=30, ge=0)  # PostgreSQL-unavailable retries of one batch
+    ingest_poison_retries: int = Field(default=3, ge=0)  # retries after an unexpected error in one batch
+    # Deliveries of one batch (counted in Redis, so a batch that kills its worker is counted too) before it is
+    # stored frame by frame; two deliveries more and its frames are recorded as rejected without parsing.
+    ingest_max_deliveries: int = Field(default=5, ge=1)
+    # Beat logs a WARNING while the newest closed averages window is older than this (no worker on `metrics`?).
+    averages_stale_s: float = Field(default=180.0, gt=0)
     visibility_timeout_s: int = Field(default=300, ge=10)
     broker_key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
     # Optional logins `bookfeed migrate` creates for least-privilege access (docker-compose sets them).

@@ -97,9 +97,10 @@ def _parse_gaps(items: Any, batch_id: str) -> list[GapRow]:
     return gaps
 
 
-def ingest_batch(engine: Engine, payload: Any) -> IngestResult:
+def ingest_batch(engine: Engine, payload: Any, *, frame_by_frame: bool = False) -> IngestResult:
     """Store a batch exactly once. Raises TransientStorageError when PostgreSQL is unreachable (retry later);
-    a batch whose books cannot be written together is stored frame by frame, failures going to rejected."""
+    a batch whose books cannot be written together is stored frame by frame, failures going to rejected.
+    `frame_by_frame` goes to that path at once (a batch that failed or killed its worker before)."""
     t0 = time.perf_counter()
     batch = parse_batch(payload)
     days = {datetime.fromtimestamp(b.received_ns // 1_000_000_000, UTC).date() for b, _ in batch.books}
@@ -109,7 +110,7 @@ def ingest_batch(engine: Engine, payload: Any) -> IngestResult:
                 storage.ensure_partitions(conn, days - _known_days)
             _known_days.update(days)
     try:
-        counts = _store(engine, batch)
+        counts = _store_one_by_one(engine, batch) if frame_by_frame else _store(engine, batch)
     except TransientStorageError:
         raise
     except StorageError as exc:

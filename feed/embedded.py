@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -47,6 +48,7 @@ class EmbeddedPostgres:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = get_server(self.data_dir, cleanup_mode="stop")
+        self._restrict_dirs()
         admin = self._server.get_uri()
         conn = psycopg2.connect(admin)
         try:
@@ -67,6 +69,32 @@ class EmbeddedPostgres:
 
     def resume(self) -> None:
         self._server.ensure_postgres_running()
+        self._restrict_dirs()
+
+    def socket_dir(self) -> Path | None:
+        """Where the server's Unix socket is (None when it listens on TCP, as on Windows)."""
+        info = self._server.get_postmaster_info()
+        return None if info.socket_dir is None else Path(info.socket_dir)
+
+    def _restrict_dirs(self) -> None:
+        """Leave the socket and data directories to the server's user alone (mode 0700).
+
+        Run as root, pgserver starts postgres as a system user `pgserver` and, when the data path is too long for a
+        socket path, puts the socket in a runtime directory it makes world-writable (0777). The server trusts every
+        local connection, so any local user could connect as superuser, or swap the socket for one of their own.
+        Root keeps access through its privileges; postgres, as the directory's owner, keeps its socket and lock file.
+        """
+        owner = None
+        if self._server.system_user is not None:  # set only when running as root, never on Windows
+            import pwd
+
+            owner = pwd.getpwnam(self._server.system_user)
+        for path in {Path(self._server.pgdata), self.socket_dir()}:
+            if path is None:
+                continue
+            if owner is not None:
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+            path.chmod(0o700)
 
     def stop(self) -> None:
         if self._server is not None:

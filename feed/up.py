@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from models.messages import AVERAGES_TASK, INGEST_QUEUE, METRICS_QUEUE
 from models.schema import upgrade_to_head
 from models.settings import Settings
 
-__all__ = ["UpOptions", "beat_command", "run_up", "worker_command"]
+__all__ = ["FLOWER_USER", "UpOptions", "beat_command", "flower_command", "flower_env", "run_up", "worker_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,11 @@ class _Procs:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, args: list[str]) -> None:
+    def start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
         # A new session: the terminal's Ctrl-C reaches `up` only, which then stops the children in order.
         self.procs[name] = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            args, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(extra_env or {})}, start_new_session=True
         )
 
     def stop(self, name: str, timeout: float = 30.0) -> int | None:
@@ -101,6 +102,30 @@ def beat_command(schedule: Path) -> list[str]:
     return [*_CELERY, "beat", "--schedule", str(schedule), "--loglevel", "INFO"]
 
 
+FLOWER_USER = "bookfeed"
+FLOWER_AUTH_FILE = "flower-auth"
+
+
+def flower_command(port: int) -> list[str]:
+    """`celery -A workers flower` on loopback only. The credentials go in FLOWER_BASIC_AUTH (`flower_env`), never
+    on the command line, which every local user can read in `ps`."""
+    return [*_CELERY, "flower", f"--port={port}", "--address=127.0.0.1"]
+
+
+def flower_env(data_dir: Path) -> dict[str, str]:
+    """Flower's basic-auth setting with a new random password for this run, also written to
+    `data_dir/flower-auth` (mode 0600) as `user:password`, so only the user who started `bookfeed up` can log in."""
+    credentials = f"{FLOWER_USER}:{secrets.token_urlsafe(24)}"
+    path = data_dir / FLOWER_AUTH_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file left by an older run keeps its mode through O_CREAT
+        os.write(fd, (credentials + "\n").encode())
+    finally:
+        os.close(fd)
+    return {"FLOWER_BASIC_AUTH": credentials}
+
+
 def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = print) -> int:
     """Run the whole pipeline until Ctrl-C/SIGTERM or `duration_s`; returns the exit code."""
     data = settings.data_dir.resolve()
@@ -128,7 +153,8 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
         procs.start("worker", worker_command(concurrency=opts.workers, name=f"bookfeed-{os.getpid()}"))
         procs.start("beat", beat_command(data / "celerybeat-schedule"))
         port = opts.flower_port if _port_free(opts.flower_port) else free_port()
-        procs.start("flower", [*_CELERY, "flower", f"--port={port}", "--address=127.0.0.1"])
+        flower_auth = flower_env(data)
+        procs.start("flower", flower_command(port), flower_auth)
         if opts.simulate:
             sim_port = free_port()
             procs.start(
@@ -148,7 +174,10 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
             env["BOOKFEED_URL"] = f"ws://127.0.0.1:{sim_port}"
             out(f"Simulator:  ws://127.0.0.1:{sim_port} (Binance-compatible, synthetic books)")
         procs.start("feed", [sys.executable, "-m", "feed.cli", "feed"])
-        out(f"Flower:     http://127.0.0.1:{port}")
+        # The console line is the one place the password is shown; it goes to no log.
+        password = flower_auth["FLOWER_BASIC_AUTH"].split(":", 1)[1]
+        out(f"Flower:     http://127.0.0.1:{port}  (user {FLOWER_USER}, password {password})")
+        out(f"            the password is also in {data / FLOWER_AUTH_FILE}, readable by you only")
         out(
             f"SQL:        psql '{_psql_url(db_url)}'  (views: order_books, book_metrics, price_averages, "
             "rejected_messages, feed_gaps)"

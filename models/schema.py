@@ -7,6 +7,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from psycopg2.extensions import connection as PgConnection
+from psycopg2.extensions import encrypt_password
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -35,13 +37,16 @@ _ENSURE_LOGIN = """
 DO $$
 DECLARE
     name text := current_setting('bookfeed.login_name');
-    pw text := current_setting('bookfeed.login_password');
+    verifier text := current_setting('bookfeed.login_verifier');
     grp text := current_setting('bookfeed.login_group');
 BEGIN
+    IF verifier NOT LIKE 'SCRAM-SHA-256$%' THEN
+        RAISE EXCEPTION 'ensure_login: a SCRAM-SHA-256 verifier is expected, never a password';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = name) THEN
-        EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L', name, pw);
+        EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L', name, verifier);
     ELSE
-        EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L', name, pw);
+        EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L', name, verifier);
     END IF;
     EXECUTE format('GRANT %I TO %I', grp, name);
 END $$
@@ -50,13 +55,19 @@ END $$
 
 def ensure_login(database_url: str, *, name: str, password: str, group: str) -> None:
     """Create (or update the password of) a login role that is a member of `group` (bookfeed_writer or
-    bookfeed_reader). Values travel as bound parameters and are quoted by the server (format %I / %L)."""
+    bookfeed_reader). The password never leaves this process: libpq computes its SCRAM-SHA-256 verifier here
+    (RFC 5802/7677, random salt, 4096 iterations, as psql's \\password does) and only the verifier is sent, which
+    PostgreSQL stores as is; plain text would show in the server's statement log and in pg_stat_activity.
+    Values travel as bound parameters and are quoted by the server (format %I / %L)."""
     if group not in ("bookfeed_writer", "bookfeed_reader"):
         raise ValueError(f"unknown group {group!r}")
     engine = create_engine(database_url, poolclass=NullPool)
     try:
         with engine.begin() as conn:
-            for key, value in (("name", name), ("password", password), ("group", group)):
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, PgConnection)  # the driver of every bookfeed URL
+            verifier = encrypt_password(password, name, raw, "scram-sha-256")
+            for key, value in (("name", name), ("verifier", verifier), ("group", group)):
                 conn.execute(
                     text("SELECT set_config(:key, :value, true)"), {"key": f"bookfeed.login_{key}", "value": value}
                 )

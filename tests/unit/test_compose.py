@@ -162,6 +162,21 @@ def test_redis_is_durable_and_never_evicts(services: dict[str, dict[str, Any]]) 
     assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
 
 
+def test_redis_requires_a_password_and_every_client_sends_it(services: dict[str, dict[str, Any]]) -> None:
+    # Whoever can write a task to the broker has it stored by the workers: Redis must not take one from anybody.
+    redis = services["redis"]
+    command = [str(part) for part in redis["command"]]
+    assert command[command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    health = " ".join(redis["healthcheck"]["test"])
+    assert "REDISCLI_AUTH=" in health and "$${REDIS_PASSWORD}" in health  # $$: read in the container, not by compose
+    clients = {name for name, svc in services.items() if "REDIS_URL" in (svc.get("environment") or {})}
+    assert clients == {"worker", "beat", "feed", "flower"}
+    for name in clients:
+        url = services[name]["environment"]["REDIS_URL"]
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/\d+", url), f"{name}: {url}"
+
+
 def test_postgres_is_health_checked_and_persistent(services: dict[str, dict[str, Any]]) -> None:
     pg = services["postgres"]
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])

@@ -1,5 +1,5 @@
 """The one home of websocket code: URL building, connecting with capped backoff, the silence watchdog, the
-planned reconnect before Binance's 24-hour cut-off, and a cap on frame size. Frames go out raw, with their receive
+planned reconnect before Binance's 24-hour cut-off, and a cap on message size. Frames go out raw, with their receive
 time stamped first; nothing here parses more than the stream name and lastUpdateId."""
 
 from __future__ import annotations
@@ -15,13 +15,22 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import orjson
 import websocket
-from websocket._abnf import frame_buffer
+from websocket._abnf import ABNF, continuous_frame, frame_buffer
 
+from models.book import MAX_FRAME_BYTES
 from models.errors import ConfigError, RetriesExhaustedError
 
-__all__ = ["StreamClient", "StreamStats", "build_url", "peek"]
+__all__ = ["OTHER_STREAMS", "StreamClient", "StreamStats", "build_url", "peek"]
 
 logger = logging.getLogger(__name__)
+
+_MAX_STREAM_NAME = 100  # Binance's names are ~30 characters; a longer one is not ours and is never stored
+_MAX_LAST_UPDATE_ID = 2**63 - 1  # the worker's (and PostgreSQL bigint's) range
+_RESET_JUMP = 1_000_000  # ids this far back are a server reset, not a stale frame
+_STARTED_NS = 1_000  # a "feed started" gap ends at the stream's first frame and lasts this long
+_EXCERPT_CHARS = 1024  # what on_reject gets of a message refused here
+OTHER_STREAMS = "?"  # the one per_stream counter for frames of streams not subscribed (or of no stream)
+_DATA_OPCODES = (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT)
 
 
 def build_url(url: str, *, symbols: tuple[str, ...], depth: int, speed: str) -> str:
@@ -46,11 +55,14 @@ def build_url(url: str, *, symbols: tuple[str, ...], depth: int, speed: str) -> 
 
 
 def peek(raw: str) -> tuple[str | None, int | None]:
-    """(stream, lastUpdateId) of a combined partial-depth frame by string search, without parsing the levels."""
+    """(stream, lastUpdateId) of a combined partial-depth frame by string search, without parsing the levels.
+    A stream name over 100 characters reads as no stream; an id outside [0, 2**63) as no id."""
     if not raw.startswith('{"stream":"'):
         return None, None
-    end = raw.find('"', 11)
-    stream = raw[11:end] if end > 0 else None
+    end = raw.find('"', 11, 12 + _MAX_STREAM_NAME)
+    if end < 0:
+        return None, None
+    stream = raw[11:end]
     i = raw.find('"lastUpdateId":', end)
     if i < 0:
         return stream, None
@@ -58,31 +70,134 @@ def peek(raw: str) -> tuple[str | None, int | None]:
     k = j
     while k < len(raw) and "0" <= raw[k] <= "9":  # ASCII only: str.isdigit() accepts "²" and "٩"
         k += 1
-    complete = j < k <= j + 19 and k < len(raw) and raw[k] in ",}"
-    return stream, (int(raw[j:k]) if complete else None)
+    if not (j < k <= j + 19 and k < len(raw) and raw[k] in ",}"):
+        return stream, None
+    luid = int(raw[j:k])
+    return stream, (luid if luid <= _MAX_LAST_UPDATE_ID else None)
 
 
 class _Reconnect(Exception):
     pass
 
 
+class _MessageTooLarge(Exception):
+    """A data message over the cap, read and discarded; `excerpt` holds its first bytes."""
+
+    def __init__(self, reason: str, excerpt: bytes) -> None:
+        super().__init__(reason)
+        self.reason, self.excerpt = reason, excerpt
+
+
 class _CappedFrameBuffer(frame_buffer):
-    """websocket-client has no frame size limit: refuse a frame whose header announces more than `max_bytes`."""
+    """websocket-client neither limits frame sizes nor the sum of a fragmented message's frames, and a message
+    trickled in never times out. This buffer caps the whole message at `max_bytes` from the announced lengths
+    (an oversized one is read in bounded chunks, discarded, then raised as _MessageTooLarge, keeping the connection)
+    and raises _Reconnect once no message has completed for `silence_ns`, even in the middle of one."""
 
-    max_bytes = 1 << 20
+    def __init__(
+        self, recv: Callable[[int], bytes], *, max_bytes: int, silence_ns: int, clock_ns: Callable[[], int]
+    ) -> None:
+        super().__init__(self._recv_in_time, True)
+        self._sock_recv, self._clock_ns = recv, clock_ns
+        self.max_bytes, self.silence_ns = max_bytes, silence_ns
+        self.last_message_ns = clock_ns()  # the reader moves it on after each complete message
+        self.message_bytes = 0  # payload bytes of the data message being received
+        self.head = b""  # its first bytes, for the excerpt of a refused message
+        self.oversized = False
+        self._discard_left: int | None = None
 
-    def recv_length(self) -> None:
-        super().recv_length()
-        if self.length is not None and self.length > self.max_bytes:
-            raise _Reconnect(f"frame of {self.length} bytes exceeds the {self.max_bytes}-byte limit")
+    def _recv_in_time(self, bufsize: int) -> bytes:
+        now = self._clock_ns()
+        if now - self.last_message_ns > self.silence_ns:
+            raise _Reconnect(f"no complete message for {(now - self.last_message_ns) / 1e9:.0f}s")
+        return self._sock_recv(bufsize)
+
+    def recv_frame(self) -> ABNF:
+        with self.lock:
+            while True:
+                if self.needs_header():
+                    self.recv_header()
+                if self.header is None:
+                    raise websocket.WebSocketProtocolException("Header not received")
+                fin, rsv1, rsv2, rsv3, opcode, has_mask, _ = self.header
+                if self.needs_length():
+                    self.recv_length()
+                    self._account(opcode)
+                if self.needs_mask():
+                    self.recv_mask()
+                if self.oversized and opcode in _DATA_OPCODES:
+                    self._discard_payload()
+                    if fin:
+                        self._refuse()
+                    continue
+                payload = self.recv_strict(self.length or 0)
+                if has_mask:
+                    payload = ABNF.mask(self.mask_value or b"", payload)
+                self.clear()
+                if opcode in _DATA_OPCODES:
+                    if fin:
+                        self.message_bytes, self.head = 0, b""
+                    elif len(self.head) < _EXCERPT_CHARS:  # kept in case a later fragment breaks the cap
+                        self.head += payload[: _EXCERPT_CHARS - len(self.head)]
+                frame = ABNF(fin, rsv1, rsv2, rsv3, opcode, has_mask, payload)
+                frame.validate(self.skip_utf8_validation)
+                return frame
+
+    def _account(self, opcode: int) -> None:
+        """Check a frame's announced length before a byte of its payload is read."""
+        length = self.length or 0
+        if opcode not in _DATA_OPCODES:
+            if length > 125:  # RFC 6455 5.5: control frames are small; never buffer a big one
+                raise websocket.WebSocketProtocolException(f"control frame of {length} bytes")
+            return
+        if opcode != ABNF.OPCODE_CONT:
+            self.message_bytes, self.head = 0, b""
+        self.message_bytes += length
+        if self.message_bytes > self.max_bytes:
+            self.oversized = True
+
+    def _discard_payload(self) -> None:
+        """Read the current frame's payload in chunks of at most 16 KiB, keeping only the excerpt; resumable after
+        a socket timeout."""
+        if self._discard_left is None:
+            self._discard_left = self.length or 0
+        while self._discard_left > 0:
+            chunk = self.recv_strict(min(16384, self._discard_left))
+            self._discard_left -= len(chunk)
+            if len(self.head) < _EXCERPT_CHARS:
+                self.head += chunk[: _EXCERPT_CHARS - len(self.head)]
+        self._discard_left = None
+        self.clear()
+
+    def _refuse(self) -> None:
+        reason = f"message of {self.message_bytes} bytes exceeds the {self.max_bytes}-byte limit"
+        excerpt = self.head
+        self.message_bytes, self.head, self.oversized = 0, b"", False
+        raise _MessageTooLarge(reason, excerpt)
+
+
+class _Fragments(continuous_frame):
+    """Joins a fragmented message in a bytearray: websocket-client's `bytes +=` copies it whole per fragment."""
+
+    def add(self, frame: ABNF) -> None:
+        if self.cont_data:
+            self.cont_data[1] += frame.data
+        else:
+            if frame.opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
+                self.recving_frames = frame.opcode
+            data = frame.data
+            self.cont_data = [frame.opcode, bytearray(data.encode() if isinstance(data, str) else data)]
+        if frame.fin:
+            self.recving_frames = None
 
 
 @dataclass(slots=True)
 class StreamStats:
     frames: int = 0
     duplicates: int = 0
+    rejected: int = 0  # messages refused here (over the size cap), reported through on_reject
     reconnects: int = 0
-    per_stream: dict[str, int] = field(default_factory=dict)
+    per_stream: dict[str, int] = field(default_factory=dict)  # subscribed streams, the rest under OTHER_STREAMS
     last_frame_ns: int = 0
     connected: bool = False
 
@@ -90,11 +205,16 @@ class StreamStats:
 class StreamClient:
     """Reads one combined-stream connection forever, reconnecting as needed, and passes frames to `on_frame`.
 
-    Frames whose lastUpdateId is not above the last one forwarded for their stream are duplicates or stale: they
-    are dropped and counted. `on_gap(stream, start_ns, end_ns, reason)` is told of every interval in which a stream
-    may have lost data: a reconnect, a stall (no frame for `stall_timeout_s` while others flow or the socket is
-    open), or a feed restart (streams passed in `last_seen`, e.g. from the previous process). The interval runs from
-    the stream's last frame to its next one.
+    Frames whose lastUpdateId (in [0, 2**63)) is not above the last one forwarded for their stream are duplicates
+    or stale: they are dropped and counted. An id far below it, or below it right after an interruption, is a
+    server reset: the frame is forwarded and the stream restarts from it. Only subscribed streams have state;
+    frames of others are forwarded and counted under OTHER_STREAMS. `on_gap(stream, start_ns, end_ns, reason)`
+    is told of every interval in which a stream may have lost data: a reconnect, a stall (no frame for
+    `stall_timeout_s`), an id reset, a feed restart (streams passed in `last_seen`, e.g. from the previous process;
+    a stream without one gets a short "feed started" gap at its first frame), each running from the stream's last
+    frame to its next one; and, when `run` returns, "feed stopped" from each stream's last frame to then.
+    A message over `max_frame_bytes` bytes (all fragments together) is not forwarded but passed to
+    `on_reject(received_ns, reason, excerpt)`, the excerpt being its first 1024 characters.
     """
 
     def __init__(
@@ -103,17 +223,19 @@ class StreamClient:
         *,
         on_frame: Callable[[int, str], None],
         on_gap: Callable[[str, int, int, str], None] | None = None,
+        on_reject: Callable[[int, str, str], None] | None = None,
         last_seen: dict[str, int] | None = None,
         silence_timeout_s: float = 30.0,
         stall_timeout_s: float = 10.0,
         max_connection_age_s: float = 23.5 * 3600,
-        max_frame_bytes: int = 1 << 20,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
         max_reconnect_attempts: int = 0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.url = url
         self._on_frame = on_frame
         self._on_gap = on_gap
+        self._on_reject = on_reject
         self._silence_ns = int(silence_timeout_s * 1e9)
         self._max_age_ns = int(max_connection_age_s * 1e9)
         self._max_frame_bytes = max_frame_bytes
@@ -122,21 +244,29 @@ class StreamClient:
         self._stall_ns = int(stall_timeout_s * 1e9)
         self._last: dict[str, int] = {}
         self.streams = _streams_of(url)
-        # stream -> (start_ns, reason) of an interruption that ends with the stream's next frame
+        self._subscribed = frozenset(self.streams)
+        previous = last_seen or {}
+        # stream -> (start_ns, reason) of an interruption that ends with the stream's next frame (-1: just before it)
         self._interrupted: dict[str, tuple[int, str]] = {
-            s: (ns, "feed restarted") for s, ns in (last_seen or {}).items() if s in self.streams
+            s: (previous[s], "feed restarted") if s in previous else (-1, "feed started") for s in self.streams
         }
-        self.last_seen: dict[str, int] = {}
+        self.last_seen: dict[str, int] = {}  # subscribed streams only
         self._gap_lock = threading.Lock()  # the reader and the ticker both touch interruptions
         self.stats = StreamStats()
 
     def run(self, stop: threading.Event) -> None:
-        """Read until `stop` is set. Raises RetriesExhaustedError after `max_reconnect_attempts` failed connects
-        in a row (0: never give up)."""
+        """Read until `stop` is set, then report "feed stopped" gaps. Raises RetriesExhaustedError after
+        `max_reconnect_attempts` failed connects in a row (0: never give up)."""
+        try:
+            self._run(stop)
+        finally:
+            self._stopped()
+
+    def _run(self, stop: threading.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
-                ws = self._connect()
+                ws, buf = self._connect()
             except Exception as exc:  # refused, DNS, TLS, handshake: all are "try again later"
                 failures += 1
                 if self._max_attempts and failures >= self._max_attempts:
@@ -152,7 +282,7 @@ class StreamClient:
             logger.info("connected to %s", self._safe_url())
             reason = "stopped"
             try:
-                self._read(ws, stop)
+                self._read(ws, buf, stop)
             except _Reconnect as exc:
                 reason = str(exc)
             except (websocket.WebSocketException, OSError) as exc:
@@ -161,19 +291,23 @@ class StreamClient:
                 self.stats.connected = False
                 with contextlib.suppress(Exception):  # closing a broken socket may fail; it is gone either way
                     ws.close(timeout=1)
+            if buf.oversized:  # dropped in the middle of discarding a message over the cap
+                self._reject(self._clock_ns(), f"{buf.message_bytes}+ bytes, unfinished: {reason}", buf.head)
             if not stop.is_set():
                 self.stats.reconnects += 1
                 self._interrupt_all(f"reconnected: {reason}")
                 logger.warning("reconnecting: %s", reason)
 
-    def _connect(self) -> websocket.WebSocket:
+    def _connect(self) -> tuple[websocket.WebSocket, _CappedFrameBuffer]:
         ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
-        buf = _CappedFrameBuffer(ws._recv, True)
-        buf.max_bytes = self._max_frame_bytes
-        ws.frame_buffer = buf
         ws.connect(self.url, timeout=10, suppress_origin=True)  # type: ignore[no-untyped-call]
+        buf = _CappedFrameBuffer(
+            ws._recv, max_bytes=self._max_frame_bytes, silence_ns=self._silence_ns, clock_ns=self._clock_ns
+        )
+        ws.frame_buffer = buf
+        ws.cont_frame = _Fragments(False, True)
         ws.settimeout(min(1.0, self._silence_ns / 1e9))
-        return ws
+        return ws, buf
 
     def _interrupt_all(self, reason: str) -> None:
         now = self._clock_ns()
@@ -181,6 +315,15 @@ class StreamClient:
             for s in self.streams:
                 if s not in self._interrupted:
                     self._interrupted[s] = (self.last_seen.get(s, now), reason)
+
+    def _stopped(self) -> None:
+        """The feed stops seeing its streams now: a gap from each stream's last frame, so its window is incomplete."""
+        now = self._clock_ns()
+        with self._gap_lock:
+            seen = dict(self.last_seen)
+        if self._on_gap is not None:
+            for s, ns in seen.items():
+                self._on_gap(s, ns, max(now, ns), "feed stopped")
 
     def check_stalls(self) -> None:
         """Mark streams silent for longer than the stall timeout; call it now and then (the feed's ticker does)."""
@@ -192,20 +335,22 @@ class StreamClient:
                     self._interrupted[s] = (seen, "stalled")
                     logger.warning("stream %s stalled: no frame for %.0fs", s, (now - seen) / 1e9)
 
-    def _read(self, ws: websocket.WebSocket, stop: threading.Event) -> None:
-        opened = last = self._clock_ns()
+    def _read(self, ws: websocket.WebSocket, buf: _CappedFrameBuffer, stop: threading.Event) -> None:
+        opened = self._clock_ns()
         while not stop.is_set():
             try:
                 opcode, data = ws.recv_data()
             except websocket.WebSocketTimeoutException:
-                now = self._clock_ns()
-                if now - last > self._silence_ns:
-                    raise _Reconnect(f"no data for {(now - last) / 1e9:.0f}s") from None
+                continue  # the buffer raises _Reconnect once the socket has been silent too long
+            except _MessageTooLarge as exc:
+                received_ns = buf.last_message_ns = self._clock_ns()
+                ws.cont_frame = _Fragments(False, True)  # forget the fragments joined before the cap was hit
+                self._reject(received_ns, exc.reason, exc.excerpt)
                 continue
             received_ns = self._clock_ns()  # stamped before anything else is done with the frame
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 raise _Reconnect("server closed the connection")
-            last = received_ns
+            buf.last_message_ns = received_ns
             try:
                 raw = data.decode("utf-8")
             except UnicodeDecodeError:
@@ -213,6 +358,13 @@ class StreamClient:
             self._handle(received_ns, raw)
             if received_ns - opened > self._max_age_ns:
                 raise _Reconnect("planned reconnect before the server's connection lifetime ends")
+
+    def _reject(self, received_ns: int, reason: str, head: bytes) -> None:
+        self.stats.rejected += 1
+        excerpt = head.decode("utf-8", errors="replace")[:_EXCERPT_CHARS]
+        logger.warning("refused a message: %s", reason)
+        if self._on_reject is not None:
+            self._on_reject(received_ns, reason, excerpt)
 
     def _handle(self, received_ns: int, raw: str) -> None:
         stream, luid = peek(raw)
@@ -222,24 +374,41 @@ class StreamClient:
                 raise _Reconnect("server announced shutdown")
             if event == "reply":
                 return
+        elif stream not in self._subscribed:
+            stream = None  # forwarded for the worker to judge, but no state kept for a name we did not ask for
         elif luid is not None:
-            if luid > self._last.get(stream, -1):
+            last = self._last.get(stream, -1)
+            if luid > last:
                 self._last[stream] = luid
-            elif _is_whole_frame(raw, luid):
-                self.stats.duplicates += 1
-                return
-            # else: a broken frame that only looks stale (cut inside its id); the worker records it as rejected
+            elif _is_whole_frame(raw, luid):  # a broken frame that only looks stale is forwarded (and rejected)
+                if luid == last or (last - luid <= _RESET_JUMP and stream not in self._interrupted):
+                    self.stats.duplicates += 1
+                    return
+                self._last[stream] = luid
+                self._reset(stream, received_ns, f"lastUpdateId reset from {last} to {luid}")
         self.stats.frames += 1
         self.stats.last_frame_ns = received_ns
-        if stream is not None:
+        if stream is None:
+            self.stats.per_stream[OTHER_STREAMS] = self.stats.per_stream.get(OTHER_STREAMS, 0) + 1
+        else:
             with self._gap_lock:
                 self.last_seen[stream] = received_ns
                 gap = self._interrupted.pop(stream, None)
             if gap is not None and self._on_gap is not None:
-                self._on_gap(stream, gap[0], received_ns, gap[1])
-        key = stream or "?"
-        self.stats.per_stream[key] = self.stats.per_stream.get(key, 0) + 1
+                start = gap[0] if gap[0] >= 0 else received_ns - _STARTED_NS
+                self._on_gap(stream, start, received_ns, gap[1])
+            self.stats.per_stream[stream] = self.stats.per_stream.get(stream, 0) + 1
         self._on_frame(received_ns, raw)
+
+    def _reset(self, stream: str, received_ns: int, reason: str) -> None:
+        """The server restarted its ids: the stream's data since its last frame may be missing."""
+        logger.warning("stream %s: %s", stream, reason)
+        with self._gap_lock:
+            pending = self._interrupted.get(stream)
+            if pending is None:
+                self._interrupted[stream] = (self.last_seen.get(stream, received_ns), reason)
+            else:
+                self._interrupted[stream] = (pending[0], f"{pending[1]}; {reason}")
 
     def _safe_url(self) -> str:
         """The URL for logs: no credentials, and the stream count instead of a query that can hold 1024 names."""

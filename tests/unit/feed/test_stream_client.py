@@ -1,17 +1,21 @@
-"""StreamClient's frame handling without a socket: stale frames dropped, broken ones forwarded, control events."""
+"""StreamClient's frame handling without a socket: stale frames dropped, broken ones forwarded, control events,
+id resets, state kept for subscribed streams only, and the gaps of interruptions, feed start and feed stop."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from feed.stream import StreamClient, _Reconnect
+from feed.stream import OTHER_STREAMS, StreamClient, _Reconnect
 
 pytestmark = pytest.mark.unit
 
 
 def _client() -> tuple[StreamClient, list[tuple[int, str]]]:
     got: list[tuple[int, str]] = []
-    return StreamClient("ws://127.0.0.1:1/stream?streams=x", on_frame=lambda ns, raw: got.append((ns, raw))), got
+    url = "ws://127.0.0.1:1/stream?streams=btcusdt@depth20/ethusdt@depth20"
+    return StreamClient(url, on_frame=lambda ns, raw: got.append((ns, raw))), got
 
 
 def _frame(luid: int, stream: str = "btcusdt@depth20") -> str:
@@ -80,6 +84,7 @@ def test_a_reconnect_is_a_gap_per_stream_from_its_last_frame_to_its_next() -> No
     client, gaps, _ = _gap_client()
     client._handle(100, _frame(1))
     client._handle(200, _frame(1, "ethusdt@depth20"))
+    del gaps[:]  # "feed started"
     client._interrupt_all("reconnected: server closed the connection")
     client._handle(900, _frame(2))
     assert gaps == [("btcusdt@depth20", 100, 900, "reconnected: server closed the connection")]
@@ -92,10 +97,11 @@ def test_a_reconnect_is_a_gap_per_stream_from_its_last_frame_to_its_next() -> No
 def test_a_silent_stream_is_a_stall_gap_once_it_speaks_again() -> None:
     client, gaps, clock = _gap_client()
     client._handle(clock.ns, _frame(1))
+    del gaps[:]  # "feed started"
     start = clock.ns
     clock.ns += 4 * 10**9
     client.check_stalls()
-    assert gaps == [] and not client._interrupted
+    assert gaps == [] and "btcusdt@depth20" not in client._interrupted
     clock.ns += 2 * 10**9
     client.check_stalls()
     client.check_stalls()  # marked once
@@ -108,3 +114,94 @@ def test_where_the_previous_feed_stopped_starts_a_restart_gap() -> None:
     client._handle(500, _frame(1))
     assert gaps == [("btcusdt@depth20", 50, 500, "feed restarted")]
     assert "solusdt@depth20" not in client._interrupted  # not ours
+
+
+# --- lastUpdateId out of range, id resets (issue 7, point 2) ------------------------------------------------------
+
+ABSURD = 9999999999999999999  # 19 digits, beyond 2**63 - 1: the worker rejects it
+
+
+def test_an_absurd_id_is_forwarded_and_does_not_silence_its_stream() -> None:
+    client, got = _client()
+    for ns, luid in enumerate([10, ABSURD, 11, 2**63 - 1, 12]):
+        client._handle(ns, _frame(luid))
+    assert [raw for _, raw in got] == [_frame(10), _frame(ABSURD), _frame(11), _frame(2**63 - 1), _frame(12)]
+    assert client.stats.duplicates == 0  # 12 came after the largest valid id, yet far below it: a reset
+
+
+def test_ids_going_back_after_a_reconnect_are_a_reset_gap_and_the_frames_are_forwarded() -> None:
+    client, gaps, _ = _gap_client()
+    got: list[str] = []
+    client._on_frame = lambda ns, raw: got.append(raw)
+    client._handle(100, _frame(500))
+    client._handle(200, _frame(501))
+    del gaps[:]
+    client._interrupt_all("reconnected: server closed the connection")
+    client._handle(900, _frame(501))  # the server repeats its last book: still a duplicate
+    client._handle(950, _frame(3))  # ids restarted
+    client._handle(960, _frame(4))
+    client._handle(970, _frame(3))  # stale again within the new sequence
+    assert got == [_frame(500), _frame(501), _frame(3), _frame(4)]
+    assert gaps == [
+        (
+            "btcusdt@depth20",
+            200,
+            950,
+            "reconnected: server closed the connection; lastUpdateId reset from 501 to 3",
+        )
+    ]
+    assert client.stats.duplicates == 2
+
+
+def test_a_small_step_back_without_interruption_is_stale_a_huge_one_is_a_reset() -> None:
+    client, gaps, _ = _gap_client()
+    client._handle(100, _frame(5_000_000))
+    client._handle(110, _frame(4_999_999))
+    assert client.stats.duplicates == 1
+    del gaps[:]
+    client._handle(120, _frame(7))
+    assert gaps == [("btcusdt@depth20", 100, 120, "lastUpdateId reset from 5000000 to 7")]
+    assert client.stats.duplicates == 1
+
+
+# --- bounded state (point 6) --------------------------------------------------------------------------------------
+
+
+def test_only_subscribed_streams_have_state_the_rest_share_one_counter() -> None:
+    client, got = _client()
+    huge = "x" * (1 << 20)
+    for ns in range(50):
+        client._handle(ns, _frame(ns + 1, f"s{ns}@depth20"))
+    client._handle(60, _frame(1, huge))
+    client._handle(61, _frame(1))
+    assert len(got) == 52  # all forwarded: the worker judges them
+    assert client.stats.per_stream == {OTHER_STREAMS: 51, "btcusdt@depth20": 1}
+    assert set(client.last_seen) == {"btcusdt@depth20"}
+    assert set(client._last) == {"btcusdt@depth20"}
+    assert set(client._interrupted) <= set(client.streams)
+
+
+# --- the windows in which the feed starts and stops are incomplete (point 10) ----------------------------------------
+
+
+def test_a_stream_without_a_previous_feed_gets_a_feed_started_gap_at_its_first_frame() -> None:
+    client, gaps, _ = _gap_client(last_seen={"ethusdt@depth20": 50})
+    client._handle(5_000, _frame(1))
+    client._handle(6_000, _frame(2))
+    client._handle(7_000, _frame(1, "ethusdt@depth20"))
+    assert gaps == [
+        ("btcusdt@depth20", 4_000, 5_000, "feed started"),
+        ("ethusdt@depth20", 50, 7_000, "feed restarted"),
+    ]
+
+
+def test_run_ends_with_a_feed_stopped_gap_per_stream_that_had_frames() -> None:
+    client, gaps, clock = _gap_client()
+    client._handle(clock.ns, _frame(1))
+    seen = clock.ns
+    del gaps[:]
+    clock.ns += 3 * 10**9
+    stop = threading.Event()
+    stop.set()
+    client.run(stop)
+    assert gaps == [("btcusdt@depth20", seen, clock.ns, "feed stopped")]  # ethusdt had no frame: nothing to stop

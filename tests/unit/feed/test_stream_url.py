@@ -138,10 +138,13 @@ def test_peek_non_combined_text(raw: str) -> None:
         ('{"stream":"btcusdt@depth5","data":{"lastUpdateId":-1}}', ("btcusdt@depth5", None)),
         ('{"stream":"btcusdt@depth5","data":{"lastUpdateId":null}}', ("btcusdt@depth5", None)),
         ('{"stream":"btcusdt@depth5","data":{"lastUpdateId":' + "9" * 20 + "}}", ("btcusdt@depth5", None)),
-        ('{"stream":"btcusdt@depth5","data":{"lastUpdateId":' + "9" * 19 + "}}", ("btcusdt@depth5", 10**19 - 1)),
+        ('{"stream":"btcusdt@depth5","data":{"lastUpdateId":' + "9" * 19 + "}}", ("btcusdt@depth5", None)),
+        ('{"stream":"btcusdt@depth5","data":{"lastUpdateId":' + str(2**63) + "}}", ("btcusdt@depth5", None)),
+        ('{"stream":"btcusdt@depth5","data":{"lastUpdateId":' + str(2**63 - 1) + "}}", ("btcusdt@depth5", 2**63 - 1)),
+        ('{"stream":"btcusdt@depth5","data":{"lastUpdateId":0}}', ("btcusdt@depth5", 0)),
         ('{"stream":"btcusdt@depth5', (None, None)),
     ],
-    ids=["missing", "string", "negative", "null", "20-digits", "19-digits", "truncated"],
+    ids=["missing", "string", "negative", "null", "20-digits", "19-nines", "2**63", "2**63-1", "zero", "truncated"],
 )
 def test_peek_without_a_usable_last_update_id(raw: str, expected: tuple[str | None, int | None]) -> None:
     assert peek(raw) == expected
@@ -163,3 +166,10 @@ def test_peek_truncated_frame_has_no_last_update_id(cut: int) -> None:
     _stream, luid = peek(raw[:cut])
     assert luid is None or luid == 6643542120
     assert peek(raw) == ("btcusdt@depth20", 6643542120)
+
+
+def test_peek_caps_the_stream_name_at_100_characters() -> None:
+    name = "a" * 100
+    assert peek('{"stream":"' + name + '","data":{"lastUpdateId":1}}') == (name, 1)
+    assert peek('{"stream":"' + name + 'b","data":{"lastUpdateId":1}}') == (None, None)
+    assert peek('{"stream":"' + "a" * (1 << 20) + '","data":{"lastUpdateId":1}}') == (None, None)

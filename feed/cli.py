@@ -104,21 +104,7 @@ def _cmd_feed(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     configure_logging(s.log_level, s.log_format)
-    cfg = FeedConfig(
-        url=_feed_url(s),
-        redis_url=s.require_redis_url(),
-        batch_max_frames=s.batch_max_frames,
-        batch_max_wait_ms=s.batch_max_wait_ms,
-        buffer_max_frames=s.buffer_max_frames,
-        silence_timeout_s=s.silence_timeout_s,
-        stall_timeout_s=s.stall_timeout_s,
-        max_connection_age_s=s.max_connection_age_s,
-        max_frame_bytes=s.max_frame_bytes,
-        max_reconnect_attempts=s.max_reconnect_attempts,
-        duration_s=args.duration,
-        ledger_path=s.ledger_path,
-        key_prefix=s.broker_key_prefix,
-    )
+    cfg = FeedConfig.from_settings(s, url=_feed_url(s), duration_s=args.duration)
     run_feed(cfg)
     return 0
 

@@ -1,34 +1,57 @@
 """The one home of broker writes from the feed: a bounded, ordered outage buffer and a sender thread.
 
-The websocket reader only appends to the buffer; a separate thread publishes batches in order, retrying with
-backoff while Redis is unreachable. On overflow the oldest batches are dropped, counted and logged as ERROR.
+The websocket reader only appends to the buffer (O(1) per frame); a separate thread publishes batches in order,
+retrying with backoff while Redis is unreachable and holding them while Redis is above its high-water mark.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
 from feed.stream import peek
-from models.messages import EXCHANGE, INGEST_QUEUE, INGEST_TASK, Batch, Gap, make_batch, transport_options
+from models.messages import (
+    EXCHANGE,
+    INGEST_QUEUE,
+    INGEST_TASK,
+    Batch,
+    FeedRejected,
+    Gap,
+    make_batch,
+    transport_options,
+)
+from models.settings import Settings
 
-__all__ = ["PendingBatch", "Publisher", "PublisherStats", "broker_app", "make_celery_sender"]
+__all__ = ["CelerySender", "PendingBatch", "Publisher", "PublisherStats", "broker_app", "make_celery_sender"]
 
 logger = logging.getLogger(__name__)
+
+OVERFLOW_REASON = "frames dropped: outage buffer full"
+_FRAME_OVERHEAD = 120  # bytes per buffered frame besides its text: the pair tuple, the payload list, the int
+_MAX_PENDING_REJECTED = 1_000  # feed rejections waiting in one merged batch; more are counted, not kept
+_MAX_EXCERPT_CHARS = 1_024
+_MAX_OVERFLOW_STREAMS = 1_024  # streams with a pending merged overflow gap; names come from frames, so cap them
+_HOLD_CHECK_S = 1.0  # the high-water check (INFO memory) runs at most this often
+
+
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
 
 
 @dataclass(slots=True)
 class PendingBatch:
     batch: Batch
+    n_bytes: int = 0  # buffered size of its frames (see Publisher), 0 for gap and rejection batches
 
     @property
     def n_frames(self) -> int:
@@ -42,89 +65,213 @@ class PublisherStats:
     dropped_frames: int = 0
     send_failures: int = 0
     buffered_frames: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    buffered_bytes: int = 0
+    feed_rejected: int = 0  # messages the feed refused itself (enqueue_rejected)
+    rejected_not_recorded: int = 0  # of those, over the pending cap: counted here only
+    overflow_gaps_not_recorded: int = 0  # dropped frames of streams beyond the merged-gap cap
+    paused_high_water: bool = False
+    high_water_pauses: int = 0
 
 
 class Publisher:
-    """Ordered at-least-once hand-off of batches to `send`, which raises on failure."""
+    """Ordered at-least-once hand-off of batches to `send`, which raises on failure.
+
+    The outage buffer holds at most `max_buffered_frames` frames and `max_buffered_bytes` bytes, whichever is hit
+    first; a frame counts as `sys.getsizeof(text)` (its in-memory size: 1 byte per character for ASCII, up to 4
+    otherwise, plus the str header) plus a fixed 120 bytes for its containers. On overflow the oldest batch of frames
+    goes and its span is added to one pending gap per stream, sent once publishing resumes. Gaps and feed rejections
+    are never dropped on overflow. While `broker_memory()` (used_memory, maxmemory) reports Redis at or above
+    `high_water` x maxmemory, batches are held; a failing check counts as "below".
+    """
 
     def __init__(
         self,
         send: Callable[[PendingBatch], None],
         *,
         max_buffered_frames: int,
+        max_buffered_bytes: int = _default("buffer_max_bytes"),
         feed_id: str | None = None,
         exchange: str = EXCHANGE,
         sleep: Callable[[float], None] = time.sleep,
+        broker_memory: Callable[[], tuple[int, int]] | None = None,
+        high_water: float = _default("broker_high_water"),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
         self._max = max_buffered_frames
+        self._max_bytes = max_buffered_bytes
         self._feed_id = feed_id or uuid.uuid4().hex[:12]
         self._exchange = exchange
         self._sleep = sleep
-        self._queue: deque[PendingBatch] = deque()
+        self._broker_memory = broker_memory
+        self._high_water = high_water
+        self._clock = clock
+        self._frames: deque[PendingBatch] = deque()  # batches of frames, oldest first; droppable
+        self._control: deque[PendingBatch] = deque()  # gap and rejection batches; never dropped
+        self._overflow: dict[str, tuple[int, int]] = {}  # stream -> merged span of dropped frames, not yet queued
+        self._rejected: list[FeedRejected] = []  # feed rejections, not yet queued
         self._buffered = 0
+        self._buffered_bytes = 0
         self._seq = 0
         self._cond = threading.Condition()
         self._in_flight: PendingBatch | None = None
+        self._next_hold_check = 0.0
+        self._drops = 0
         self.stats = PublisherStats()
 
     def enqueue(self, frames: list[tuple[int, str]]) -> None:
         """Queue a batch (never blocks). A batch id is fixed here, so a re-sent batch is recognised downstream."""
+        n_bytes = sum(sys.getsizeof(raw) for _, raw in frames) + _FRAME_OVERHEAD * len(frames)
         with self._cond:
-            newest = self._new_batch(frames=frames)
+            newest = PendingBatch(self._make(frames=frames), n_bytes)
+            self._frames.append(newest)
             self._buffered += len(frames)
-            while self._buffered > self._max:
-                # The oldest batch of frames, but never the newest nor the one being sent (it may be in Redis).
-                old = next(
-                    (b for b in self._queue if b.n_frames and b is not newest and b is not self._in_flight), None
-                )
-                if old is None:
+            self._buffered_bytes += n_bytes
+            while self._buffered > self._max or self._buffered_bytes > self._max_bytes:
+                if not self._drop_oldest(newest):
                     break
-                self._queue.remove(old)
-                self._buffered -= old.n_frames
-                self.stats.dropped_frames += old.n_frames
-                logger.error(
-                    "outage buffer full (%d frames): dropped batch %s of %d frames, %d dropped in all",
-                    self._max,
-                    old.batch["batch_id"],
-                    old.n_frames,
-                    self.stats.dropped_frames,
-                )
-                for gap in _gaps_of(old, "frames dropped: outage buffer full"):
-                    self._new_batch(gaps=[gap])
             self.stats.buffered_frames = self._buffered
+            self.stats.buffered_bytes = self._buffered_bytes
             self._cond.notify()
 
-    def _new_batch(self, *, frames: list[tuple[int, str]] | None = None, gaps: list[Gap] | None = None) -> PendingBatch:
-        self._seq += 1
-        batch = make_batch(
-            batch_id=f"{self._feed_id}-{self._seq}", frames=frames or [], exchange=self._exchange, gaps=gaps or ()
+    def _drop_oldest(self, newest: PendingBatch) -> bool:
+        """Drop the oldest batch of frames, but never the newest nor the one being sent (it may be in Redis)."""
+        i = 1 if self._frames and self._frames[0] is self._in_flight else 0
+        if i >= len(self._frames) or self._frames[i] is newest:
+            return False
+        old = self._frames[i]
+        del self._frames[i]  # i is 0 or 1: O(1)
+        self._buffered -= old.n_frames
+        self._buffered_bytes -= old.n_bytes
+        self.stats.dropped_frames += old.n_frames
+        self._drops += 1
+        # ERROR on the first drop of an episode (no merged gap pending yet) and every 1,000th: not one line each.
+        log = logger.error if not self._overflow or self._drops % 1_000 == 0 else logger.debug
+        log(
+            "outage buffer full (%d frames, %d bytes): dropped batch %s of %d frames, %d dropped in all",
+            self._max,
+            self._max_bytes,
+            old.batch["batch_id"],
+            old.n_frames,
+            self.stats.dropped_frames,
         )
-        pending = PendingBatch(batch)
-        self._queue.append(pending)
-        return pending
+        for stream, lo, hi in _spans_of(old):
+            if stream in self._overflow:
+                was_lo, was_hi = self._overflow[stream]
+                self._overflow[stream] = (min(lo, was_lo), max(hi, was_hi))
+            elif len(self._overflow) < _MAX_OVERFLOW_STREAMS:
+                self._overflow[stream] = (lo, hi)
+            else:
+                self.stats.overflow_gaps_not_recorded += 1
+        return True
+
+    def _make(
+        self,
+        *,
+        frames: list[tuple[int, str]] | None = None,
+        gaps: list[Gap] | None = None,
+        rejected: list[FeedRejected] | None = None,
+    ) -> Batch:
+        self._seq += 1
+        return make_batch(
+            batch_id=f"{self._feed_id}-{self._seq}",
+            frames=frames or [],
+            exchange=self._exchange,
+            gaps=gaps or (),
+            rejected=rejected or (),
+        )
 
     def enqueue_gap(self, gap: Gap) -> None:
         """Queue a feed gap (a batch without frames). Gap batches are never dropped on overflow."""
         with self._cond:
-            self._new_batch(gaps=[gap])
+            self._control.append(PendingBatch(self._make(gaps=[gap])))
+            self._cond.notify()
+
+    def enqueue_rejected(self, received_ns: int, reason: str, excerpt: str) -> None:
+        """Queue a message the feed refused (recorded as rejected downstream). Rejections waiting to be sent share
+        one batch and are never dropped on overflow; beyond 1,000 waiting, more are only counted."""
+        with self._cond:
+            self.stats.feed_rejected += 1
+            if len(self._rejected) >= _MAX_PENDING_REJECTED:
+                self.stats.rejected_not_recorded += 1
+                return
+            self._rejected.append((received_ns, reason, excerpt[:_MAX_EXCERPT_CHARS]))
             self._cond.notify()
 
     def pending_frames(self) -> int:
         with self._cond:
             return self._buffered
 
+    def pending_batches(self) -> int:
+        """Batches queued or waiting to be (merged gaps, rejections); bounded by the frame limits plus gaps."""
+        with self._cond:
+            return len(self._frames) + len(self._control) + bool(self._overflow) + bool(self._rejected)
+
+    def _has_work(self) -> bool:
+        return bool(self._frames or self._control or self._overflow or self._rejected)
+
+    def _next(self, *, healthy: bool) -> PendingBatch:
+        """The batch to send: gaps and rejections first (tiny, order-free downstream), then frames in order.
+        Merged overflow gaps and pending rejections become a batch only while sends succeed, so an outage yields
+        one of each, not one per retry."""
+        if not self._control and (healthy or not self._frames):
+            if self._overflow:
+                gaps = [(s, lo, hi, OVERFLOW_REASON) for s, (lo, hi) in self._overflow.items()]
+                self._overflow = {}
+                self._control.append(PendingBatch(self._make(gaps=gaps)))
+            if self._rejected:
+                rejected, self._rejected = self._rejected, []
+                self._control.append(PendingBatch(self._make(rejected=rejected)))
+        return self._control[0] if self._control else self._frames[0]
+
+    def _above_high_water(self) -> bool:
+        """Whether Redis is at or above its high-water mark; asks at most once per second, else the last answer."""
+        if self._broker_memory is None:
+            return False
+        now = self._clock()
+        if now < self._next_hold_check:
+            return self.stats.paused_high_water
+        self._next_hold_check = now + _HOLD_CHECK_S
+        try:
+            used, maxmemory = self._broker_memory()
+        except Exception as exc:  # any broker error: unknown, keep publishing (a failing send is handled)
+            logger.debug("high-water check failed (%s: %s)", type(exc).__name__, exc)
+            used, maxmemory = 0, 0
+        above = maxmemory > 0 and used >= self._high_water * maxmemory
+        if above and not self.stats.paused_high_water:
+            self.stats.high_water_pauses += 1
+            logger.warning(
+                "Redis above its high-water mark (%d of %d bytes, mark %.0f%%): holding batches, %d frames buffered",
+                used,
+                maxmemory,
+                self._high_water * 100,
+                self.pending_frames(),
+            )
+        elif not above and self.stats.paused_high_water:
+            logger.warning("Redis below its high-water mark again (%d of %d bytes): publishing", used, maxmemory)
+        self.stats.paused_high_water = above
+        return above
+
     def run(self, stop: threading.Event) -> None:
-        """Publish until `stop` is set and the buffer is empty (or `stop` is set and publishing keeps failing)."""
-        failures = 0
+        """Publish until `stop` is set and the buffer is empty (or `stop` is set and publishing keeps failing or
+        Redis stays above its high-water mark)."""
+        failures = held = 0
         while True:
             with self._cond:
-                while not self._queue and not stop.is_set():
+                while not self._has_work() and not stop.is_set():
                     self._cond.wait(0.2)
-                if not self._queue:
+                if not self._has_work():
                     return
-                head = self._in_flight = self._queue[0]
+            if self._above_high_water():
+                held += 1
+                if stop.is_set() and held >= 5:
+                    logger.error("stopping with %d frames unpublished: Redis above high water", self.pending_frames())
+                    return
+                self._sleep(_HOLD_CHECK_S)
+                continue
+            held = 0
+            with self._cond:
+                head = self._in_flight = self._next(healthy=failures == 0)
             try:
                 self._send(head)
             except Exception as exc:  # any broker error: keep the batch, back off, try again
@@ -149,17 +296,24 @@ class Publisher:
             if failures:
                 logger.warning("publishing recovered after %d failures", failures)
                 failures = 0
-            with self._cond:
-                self._in_flight = None
-                if self._queue and self._queue[0] is head:
-                    self._queue.popleft()
-                    self._buffered -= head.n_frames
-                self.stats.published_batches += 1
-                self.stats.published_frames += head.n_frames
-                self.stats.buffered_frames = self._buffered
+            self._sent(head)
+
+    def _sent(self, head: PendingBatch) -> None:
+        with self._cond:
+            self._in_flight = None
+            if self._control and self._control[0] is head:
+                self._control.popleft()
+            elif self._frames and self._frames[0] is head:
+                self._frames.popleft()
+                self._buffered -= head.n_frames
+                self._buffered_bytes -= head.n_bytes
+            self.stats.published_batches += 1
+            self.stats.published_frames += head.n_frames
+            self.stats.buffered_frames = self._buffered
+            self.stats.buffered_bytes = self._buffered_bytes
 
 
-def _gaps_of(pending: PendingBatch, reason: str) -> list[Gap]:
+def _spans_of(pending: PendingBatch) -> list[tuple[str, int, int]]:
     """Per stream, the span of a batch's frames: what is lost when the batch is dropped."""
     spans: dict[str, tuple[int, int]] = {}
     for ns, raw in pending.batch["frames"]:
@@ -167,7 +321,7 @@ def _gaps_of(pending: PendingBatch, reason: str) -> list[Gap]:
         if stream is not None:
             lo, hi = spans.get(stream, (ns, ns))
             spans[stream] = (min(lo, ns), max(hi, ns))
-    return [(stream, lo, hi, reason) for stream, (lo, hi) in spans.items()]
+    return [(stream, lo, hi) for stream, (lo, hi) in spans.items()]
 
 
 def broker_app(redis_url: str, *, key_prefix: str = "", name: str = "bookfeed-feed") -> Celery:
@@ -187,11 +341,23 @@ def broker_app(redis_url: str, *, key_prefix: str = "", name: str = "bookfeed-fe
     return app
 
 
-def make_celery_sender(redis_url: str, *, key_prefix: str = "") -> Callable[[PendingBatch], None]:
+class CelerySender:
     """A `send` for Publisher: one Celery task per batch, by name (the feed never imports worker code)."""
-    app = broker_app(redis_url, key_prefix=key_prefix)
 
-    def send(pending: PendingBatch) -> None:
-        app.send_task(INGEST_TASK, args=[pending.batch], queue=INGEST_QUEUE, retry=False)
+    def __init__(self, redis_url: str, *, key_prefix: str = "") -> None:
+        self.app = broker_app(redis_url, key_prefix=key_prefix)
 
-    return send
+    def __call__(self, pending: PendingBatch) -> None:
+        self.app.send_task(INGEST_TASK, args=[pending.batch], queue=INGEST_QUEUE, retry=False)
+
+    def memory(self) -> tuple[int, int]:
+        """(used_memory, maxmemory) of the Redis the tasks go to, over the sender's own pooled connection (same
+        URL and transport options). Raises what the broker raises."""
+        with self.app.producer_pool.acquire(block=True, timeout=3) as producer:
+            info = producer.channel.client.info("memory")
+        return int(info["used_memory"]), int(info.get("maxmemory", 0))
+
+
+def make_celery_sender(redis_url: str, *, key_prefix: str = "") -> CelerySender:
+    """A `send` for Publisher whose `memory` method is the matching `broker_memory`."""
+    return CelerySender(redis_url, key_prefix=key_prefix)

@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ import redis
 from feed.batcher import Batcher
 from feed.publisher import PendingBatch, Publisher, make_celery_sender
 from feed.stream import StreamClient, peek
+from models.settings import Settings
 
 __all__ = ["STATS_PREFIX", "FeedConfig", "read_feed_stats", "run_feed"]
 
@@ -25,23 +26,52 @@ logger = logging.getLogger(__name__)
 
 STATS_PREFIX = "bookfeed:feed:stats:"
 LAST_SEEN_KEY = "bookfeed:feed:last_seen"  # stream -> ns of its last frame, for the next feed process
+_MAX_STATS_STREAMS = 1_024  # per-stream counts copied into the stats snapshot (Binance allows 1,024 streams)
+
+
+def _default(name: str) -> Any:
+    """Defaults live only in Settings: FeedConfig repeats none of the numbers."""
+    return Settings.model_fields[name].default
 
 
 @dataclass(frozen=True, slots=True)
 class FeedConfig:
     url: str
     redis_url: str
-    batch_max_frames: int = 200
-    batch_max_wait_ms: int = 100
-    buffer_max_frames: int = 200_000
-    silence_timeout_s: float = 30.0
-    max_connection_age_s: float = 23.5 * 3600
-    max_frame_bytes: int = 1 << 20
-    max_reconnect_attempts: int = 0
+    batch_max_frames: int = _default("batch_max_frames")
+    batch_max_wait_ms: int = _default("batch_max_wait_ms")
+    buffer_max_frames: int = _default("buffer_max_frames")
+    buffer_max_bytes: int = _default("buffer_max_bytes")
+    broker_high_water: float = _default("broker_high_water")
+    silence_timeout_s: float = _default("silence_timeout_s")
+    max_connection_age_s: float = _default("max_connection_age_s")
+    max_frame_bytes: int = _default("max_frame_bytes")
+    max_reconnect_attempts: int = _default("max_reconnect_attempts")
     duration_s: float | None = None
-    stall_timeout_s: float = 10.0
-    key_prefix: str = ""  # Redis key prefix shared with the workers (BOOKFEED_BROKER_KEY_PREFIX)
+    stall_timeout_s: float = _default("stall_timeout_s")
+    key_prefix: str = _default("broker_key_prefix")  # Redis key prefix shared with the workers
     ledger_path: str | None = None  # audit: one line per forwarded frame (received_ns, stream, lastUpdateId)
+
+    @classmethod
+    def from_settings(cls, s: Settings, *, url: str, duration_s: float | None = None) -> FeedConfig:
+        """The feed's slice of `s` (REDIS_URL required); `url` is the combined-stream URL built from it."""
+        return cls(
+            url=url,
+            redis_url=s.require_redis_url(),
+            batch_max_frames=s.batch_max_frames,
+            batch_max_wait_ms=s.batch_max_wait_ms,
+            buffer_max_frames=s.buffer_max_frames,
+            buffer_max_bytes=s.buffer_max_bytes,
+            broker_high_water=s.broker_high_water,
+            silence_timeout_s=s.silence_timeout_s,
+            max_connection_age_s=s.max_connection_age_s,
+            max_frame_bytes=s.max_frame_bytes,
+            max_reconnect_attempts=s.max_reconnect_attempts,
+            duration_s=duration_s,
+            stall_timeout_s=s.stall_timeout_s,
+            key_prefix=s.broker_key_prefix,
+            ledger_path=s.ledger_path,
+        )
 
 
 def run_feed(
@@ -54,10 +84,15 @@ def run_feed(
     """Run until `stop` is set, SIGTERM/SIGINT, or `duration_s`; then publish what is buffered and return stats."""
     stop = stop or threading.Event()
     feed_id = uuid.uuid4().hex[:12]
+    sender = make_celery_sender(cfg.redis_url, key_prefix=cfg.key_prefix)
     publisher = Publisher(
-        send or make_celery_sender(cfg.redis_url, key_prefix=cfg.key_prefix),
+        send or sender,
         max_buffered_frames=cfg.buffer_max_frames,
+        max_buffered_bytes=cfg.buffer_max_bytes,
         feed_id=feed_id,
+        # The high-water check asks the sender's Redis even when a test injects `send`: same URL, same options.
+        broker_memory=sender.memory,
+        high_water=cfg.broker_high_water,
     )
     batcher = Batcher(
         max_frames=cfg.batch_max_frames,
@@ -88,6 +123,7 @@ def run_feed(
         cfg.url,
         on_frame=on_frame,
         on_gap=on_gap,
+        on_reject=publisher.enqueue_rejected,
         # Where the previous feed process left off: the time until our first frame is a gap.
         last_seen=_load_last_seen(state, last_seen_key),
         stall_timeout_s=cfg.stall_timeout_s,
@@ -113,20 +149,27 @@ def run_feed(
             "frames": s.frames,
             "duplicates": s.duplicates,
             "reconnects": s.reconnects,
-            "per_stream": dict(s.per_stream),
+            "per_stream": _capped(s.per_stream, _MAX_STATS_STREAMS),
             "published_frames": p.published_frames,
             "buffered_frames": publisher.pending_frames(),
+            "buffered_bytes": p.buffered_bytes,
             "dropped_frames": p.dropped_frames,
+            "feed_rejected": p.feed_rejected,
+            "paused_high_water": p.paused_high_water,
             "gaps": gaps,
             "ts": time.time(),
         }
+
+    written: dict[str, int] = {}  # last_seen as last written to Redis
 
     def save_state(stats: dict[str, Any], ttl_s: int) -> None:
         # Best effort: the publisher reports broker trouble; these only feed `bookfeed up` and the next feed.
         with contextlib.suppress(redis.RedisError):
             state.set(stats_key, json.dumps(stats), ex=ttl_s)
-            if client.last_seen:
-                state.hset(last_seen_key, mapping={k: str(v) for k, v in client.last_seen.items()})
+            changed = _changed_last_seen(client.streams, client.last_seen, written)
+            if changed:
+                state.hset(last_seen_key, mapping={k: str(v) for k, v in changed.items()})
+                written.update(changed)
 
     def ticker() -> None:
         next_stats = 0.0
@@ -158,6 +201,29 @@ def run_feed(
         save_state(final, 60)
         logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
     return final
+
+
+def _capped(counts: dict[str, int], cap: int) -> dict[str, int]:
+    """A copy of at most `cap` entries of a dict the reader thread may be growing."""
+    if len(counts) <= cap:
+        return dict(counts)  # one C-level copy: safe against a concurrent insert
+    out: dict[str, int] = {}
+    with contextlib.suppress(RuntimeError):  # changed size during iteration: keep what was copied
+        for k, v in counts.items():
+            if len(out) >= cap:
+                break
+            out[k] = v
+    return out
+
+
+def _changed_last_seen(streams: Iterable[str], last_seen: dict[str, int], written: dict[str, int]) -> dict[str, int]:
+    """Last-seen times of subscribed streams that differ from what was last written."""
+    changed = {}
+    for stream in streams:
+        ns = last_seen.get(stream)
+        if ns is not None and written.get(stream) != ns:
+            changed[stream] = ns
+    return changed
 
 
 def _load_last_seen(client: redis.Redis, key: str) -> dict[str, int]:

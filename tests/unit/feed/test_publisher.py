@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -227,21 +229,181 @@ def test_batch_delivered_while_buffer_overflows_is_not_counted_as_dropped() -> N
     assert pub.stats.dropped_frames == 0
 
 
-def test_overflow_records_the_dropped_span_as_gaps_that_are_never_dropped() -> None:
-    sent: list[dict[str, object]] = []
-    pub = Publisher(lambda p: sent.append(dict(p.batch)), max_buffered_frames=2, feed_id="g", sleep=lambda s: None)
-    a = '{"stream":"btcusdt@depth20","data":{"lastUpdateId":1}}'
-    b = '{"stream":"ethusdt@depth20","data":{"lastUpdateId":1}}'
+def book(stream: str, luid: int = 1) -> str:
+    return f'{{"stream":"{stream}","data":{{"lastUpdateId":{luid}}}}}'
+
+
+def gaps_sent(sent: list[PendingBatch]) -> list[tuple[Any, ...]]:
+    return [tuple(g) for p in sent for g in p.batch.get("gaps", [])]
+
+
+def test_overflow_gaps_merge_per_stream_and_are_never_dropped() -> None:
+    send = FakeSender()
+    pub = make_publisher(send, max_buffered_frames=2)
+    a, b = book("btcusdt@depth20"), book("ethusdt@depth20")
     pub.enqueue([(10, a), (20, b), (30, a)])  # over the limit, but the newest batch is kept
-    pub.enqueue([(40, a), (50, a)])  # drops the first batch: gaps for both streams
-    pub.enqueue([(60, a), (70, a)])  # drops the second; the gap batches stay
+    pub.enqueue([(40, a), (50, a)])  # drops the first batch
+    pub.enqueue([(60, a), (70, a)])  # drops the second: the btcusdt gap grows, no second gap
     assert pub.stats.dropped_frames == 5
-    stop = threading.Event()
-    stop.set()
-    pub.run(stop)
-    gaps = [tuple(g) for batch in sent for g in batch.get("gaps", [])]  # type: ignore[attr-defined]
+    drain(pub)
     reason = "frames dropped: outage buffer full"
-    assert sorted(gaps) == sorted(
-        [("btcusdt@depth20", 10, 30, reason), ("ethusdt@depth20", 20, 20, reason), ("btcusdt@depth20", 40, 50, reason)]
+    assert sorted(gaps_sent(send.delivered)) == [
+        ("btcusdt@depth20", 10, 50, reason),
+        ("ethusdt@depth20", 20, 20, reason),
+    ]
+    assert [p.n_frames for p in send.delivered] == [0, 2]  # one gap batch, then the kept frames
+
+
+def test_a_thousand_overflows_during_an_outage_make_one_gap_per_stream() -> None:
+    streams = [f"s{i}usdt@depth20" for i in range(3)]
+    pub: Publisher
+    peak: list[int] = []
+
+    def outage_meanwhile(pending: PendingBatch) -> None:
+        # The reader goes on during each failed attempt: 260 one-frame batches, nearly all over the limit.
+        if len(send.attempts) <= send.failures:
+            base = len(send.attempts) * 1_000
+            for i in range(260):
+                pub.enqueue([(base + i, book(streams[i % 3], base + i))])
+            peak.append(pub.pending_batches())
+
+    send = FakeSender(failures=4, on_send=outage_meanwhile)
+    pub = make_publisher(send, max_buffered_frames=10)
+    pub.enqueue([(0, book(streams[0]))])
+
+    drain(pub)
+
+    assert pub.stats.dropped_frames >= 1_000
+    assert max(peak) <= 10 + 1  # at most one frame per batch kept, plus the one pending merged gap
+    gap_batches = [p for p in send.delivered if p.batch.get("gaps")]
+    assert len(gap_batches) == 1  # sent once, when publishing resumed
+    gaps = gaps_sent(send.delivered)
+    assert sorted(g[0] for g in gaps) == streams
+    kept = {ns for p in send.delivered for ns, _ in p.batch["frames"]}
+    for stream, lo, hi, _ in gaps:  # each gap spans exactly that stream's dropped frames
+        assert isinstance(lo, int) and isinstance(hi, int)
+        dropped = [ns for ns in range(5_000) if ns not in kept and ns % 1_000 < 260 and ns >= 1_000]
+        own = [ns for ns in dropped if streams[(ns % 1_000) % 3] == stream]
+        assert (lo, hi) == (min(own), max(own))
+    assert pub.stats.published_frames + pub.stats.dropped_frames == 1 + 4 * 260
+
+
+def test_buffer_is_bounded_in_bytes_as_well_as_frames() -> None:
+    send = FakeSender()
+    pub = Publisher(send, max_buffered_frames=10_000, max_buffered_bytes=100_000, feed_id="b", sleep=lambda _: None)
+    big = book("btcusdt@depth20") + " " * 10_000
+    for i in range(30):
+        pub.enqueue([(i, big)])
+    assert 0 < pub.stats.buffered_bytes <= 100_000
+    assert pub.pending_frames() == 100_000 // (sys.getsizeof(big) + 120)  # 9 frames of ~10 KB fit
+    assert pub.stats.dropped_frames == 30 - pub.pending_frames()
+    # Text is counted by its in-memory size: four bytes a character once it holds an emoji.
+    wide = Publisher(send, max_buffered_frames=10_000, max_buffered_bytes=100_000, sleep=lambda _: None)
+    for i in range(30):
+        wide.enqueue([(i, big + "\U0001f600")])
+    assert wide.pending_frames() == 2
+
+
+def test_feed_rejections_share_one_batch_and_are_never_dropped() -> None:
+    send = FakeSender()
+    pub = make_publisher(send, max_buffered_frames=2)
+    pub.enqueue_rejected(5, "message over 65536 bytes", "x" * 5_000)
+    pub.enqueue([(1, "a"), (2, "b")])
+    pub.enqueue_rejected(6, "message over 65536 bytes", "{")
+    pub.enqueue([(3, "c"), (4, "d")])  # overflow: drops frames only
+    drain(pub)
+    (rejection,) = [p.batch for p in send.delivered if "rejected" in p.batch]
+    assert rejection["frames"] == []
+    assert rejection["rejected"] == [[5, "message over 65536 bytes", "x" * 1_024], [6, "message over 65536 bytes", "{"]]
+    assert pub.stats.feed_rejected == 2 and pub.stats.dropped_frames == 2
+
+
+def test_feed_rejections_waiting_are_capped_and_the_rest_counted() -> None:
+    send = FakeSender()
+    pub = make_publisher(send)
+    for i in range(1_500):
+        pub.enqueue_rejected(i, "too big", "x")
+    assert pub.pending_batches() == 1
+    drain(pub)
+    (rejection,) = [p.batch for p in send.delivered]
+    assert len(rejection["rejected"]) == 1_000
+    assert (pub.stats.feed_rejected, pub.stats.rejected_not_recorded) == (1_500, 500)
+
+
+class FakeBroker:
+    """(used_memory, maxmemory) on demand, and a clock that the publisher's injected sleep advances."""
+
+    def __init__(self, used: int, maxmemory: int = 1_000) -> None:
+        self.used, self.maxmemory = used, maxmemory
+        self.now = 0.0
+        self.checks = 0
+        self.error: Exception | None = None
+
+    def memory(self) -> tuple[int, int]:
+        self.checks += 1
+        if self.error is not None:
+            raise self.error
+        return self.used, self.maxmemory
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_publishing_holds_above_the_high_water_mark_and_resumes_below(caplog: pytest.LogCaptureFixture) -> None:
+    broker = FakeBroker(used=850)  # 85% > 80%
+    send = FakeSender()
+    sent_while_held: list[int] = []
+
+    def sleep(s: float) -> None:
+        sent_while_held.append(len(send.attempts))
+        broker.now += s
+        if len(sent_while_held) == 3:
+            broker.used = 500  # workers drained Redis
+
+    pub = Publisher(
+        send,
+        max_buffered_frames=1_000,
+        feed_id="hw",
+        sleep=sleep,
+        broker_memory=broker.memory,
+        high_water=0.8,
+        clock=broker.clock,
     )
-    assert [len(batch["frames"]) for batch in sent if batch["frames"]] == [2]  # type: ignore[arg-type]
+    for i in range(4):
+        pub.enqueue(frames(i * 2, 2))
+
+    drain(pub)
+
+    assert sent_while_held == [0, 0, 0]
+    assert send.attempts == ["hw-1", "hw-2", "hw-3", "hw-4"]
+    assert broker.checks == 4  # once per (fake) second, not once per batch
+    assert (pub.stats.high_water_pauses, pub.stats.paused_high_water) == (1, False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "above its high-water mark (850 of 1000 bytes" in warnings[0]
+
+
+def test_high_water_check_failing_or_no_maxmemory_keeps_publishing() -> None:
+    for used, maxmemory, error in ((10**9, 0, None), (900, 1_000, ConnectionError("gone"))):
+        broker = FakeBroker(used=used, maxmemory=maxmemory)
+        broker.error = error
+        send = FakeSender()
+        pub = Publisher(send, max_buffered_frames=10, sleep=lambda _: None, broker_memory=broker.memory)
+        pub.enqueue(frames(0, 1))
+        drain(pub)
+        assert len(send.delivered) == 1 and not pub.stats.paused_high_water
+
+
+def test_stop_while_above_high_water_gives_up_after_five_checks(caplog: pytest.LogCaptureFixture) -> None:
+    broker = FakeBroker(used=1_000)
+    send = FakeSender()
+    pub = Publisher(
+        send,
+        max_buffered_frames=10,
+        sleep=lambda s: setattr(broker, "now", broker.now + s),
+        broker_memory=broker.memory,
+        clock=broker.clock,
+    )
+    pub.enqueue(frames(0, 3))
+    drain(pub)
+    assert send.attempts == [] and pub.pending_frames() == 3
+    assert "stopping with 3 frames unpublished: Redis above high water" in caplog.text

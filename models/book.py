@@ -8,6 +8,7 @@ A frame is the combined-stream text the websocket delivered, e.g. (tests/fixture
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,7 +38,11 @@ _STREAM_RE = re.compile(r"([a-z0-9]{2,20})@depth(5|10|20)(?:@(100ms|1000ms))?")
 # Plain decimal strings only: no sign, exponent, NaN or Infinity; at most 20 digits either side of the point.
 _NUMBER = r"(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?"
 _NUMBERS_RE = re.compile(rf"{_NUMBER}(?:\|{_NUMBER})*")
+_FRAME_KEYS = frozenset(("stream", "data"))
 _DATA_KEYS = frozenset(("lastUpdateId", "bids", "asks"))
+# A frame with exactly these keys holds one colon per key and no other (no value admitted can contain one), so
+# a count above this means a repeated key, which orjson would otherwise resolve silently (last one wins).
+_N_KEYS = len(_FRAME_KEYS) + len(_DATA_KEYS)
 
 
 class Side(StrEnum):
@@ -78,14 +83,14 @@ def parse_stream_name(stream: str) -> StreamName:
 def parse_frame(raw: str | bytes, *, received_ns: int) -> BookSnapshot:
     """Parse and validate one combined-stream partial-depth frame.
 
-    Raises MalformedPayloadError (with a reason fit for ``rejected_messages``) when the text is not JSON, is not a
-    combined-stream frame, names a stream other than ``<symbol>@depth<N>``, lacks or adds fields, or has a level that
-    is not a pair of plain positive decimal strings, more levels than the stream's depth, or levels that are not
-    strictly ordered (bids descending, asks ascending; this also rules out duplicate prices).
+    Raises MalformedPayloadError (with a reason fit for ``rejected_messages``) when the text is over MAX_FRAME_BYTES
+    (UTF-8 bytes), is not JSON, is not a combined-stream frame, names a stream other than ``<symbol>@depth<N>``,
+    lacks, adds or repeats a field (in the wrapper or in ``data``), or has a level that is not a pair of plain
+    positive decimal strings, more levels than the stream's depth, or levels that are not strictly ordered (bids
+    descending, asks ascending; this also rules out duplicate prices).
     A crossed book (best bid >= best ask) is valid here: it is stored and flagged by the metrics.
     """
-    if len(raw) > MAX_FRAME_BYTES:
-        raise MalformedPayloadError(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}")
+    _check_size(raw)
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -93,6 +98,9 @@ def parse_frame(raw: str | bytes, *, received_ns: int) -> BookSnapshot:
     if not isinstance(msg, dict) or not isinstance(msg.get("stream"), str) or "data" not in msg:
         raise MalformedPayloadError("not a combined-stream frame: expected an object with 'stream' and 'data'")
     stream = parse_stream_name(msg["stream"])
+    if msg.keys() != _FRAME_KEYS:
+        extra = sorted(str(k)[:40] for k in msg.keys() - _FRAME_KEYS)
+        raise MalformedPayloadError(f"unexpected fields {extra} beside 'stream' and 'data'", symbol=stream.symbol)
     data = msg["data"]
     if not isinstance(data, dict):
         raise MalformedPayloadError("'data' is not an object", symbol=stream.symbol)
@@ -108,6 +116,8 @@ def parse_frame(raw: str | bytes, *, received_ns: int) -> BookSnapshot:
         raise MalformedPayloadError(f"lastUpdateId {shown} is not an integer in [0, 2^63)", symbol=stream.symbol)
     bid_p, bid_q = _levels(data["bids"], Side.BID, stream, luid)
     ask_p, ask_q = _levels(data["asks"], Side.ASK, stream, luid)
+    if (raw.count(":") if isinstance(raw, str) else raw.count(b":")) != _N_KEYS:
+        raise MalformedPayloadError(f"repeated field {_repeated_key(raw)!r}", symbol=stream.symbol, last_update_id=luid)
     return BookSnapshot(
         symbol=stream.symbol,
         depth=stream.depth,
@@ -118,6 +128,32 @@ def parse_frame(raw: str | bytes, *, received_ns: int) -> BookSnapshot:
         ask_prices=ask_p,
         ask_quantities=ask_q,
     )
+
+
+def _check_size(raw: str | bytes) -> None:
+    # len() of a str counts characters, a lower bound of its UTF-8 size and a quarter of the upper bound:
+    # encode only a non-ASCII text that could be over the limit.
+    n = len(raw)
+    if n * 4 > MAX_FRAME_BYTES and isinstance(raw, str) and not raw.isascii():
+        n = len(raw.encode("utf-8", "surrogatepass"))
+    if n > MAX_FRAME_BYTES:
+        raise MalformedPayloadError(f"frame of {n} bytes exceeds {MAX_FRAME_BYTES}")
+
+
+def _repeated_key(raw: str | bytes) -> str:
+    """The first key repeated within one object of `raw` (valid, shallow JSON: the frame passed every other check)."""
+    seen: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        seen.extend(k for i, k in enumerate(keys) if k in keys[:i])
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except ValueError:
+        return "?"
+    return seen[0][:40] if seen else "?"
 
 
 def _levels(levels: Any, side: Side, stream: StreamName, luid: int) -> tuple[tuple[str, ...], tuple[str, ...]]:

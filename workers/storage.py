@@ -27,7 +27,9 @@ __all__ = [
     "GapRow",
     "Rejected",
     "claim_batch",
+    "clean_text",
     "copy_books",
+    "copy_text",
     "ensure_partitions",
     "insert_books_skipping_duplicates",
     "insert_gaps",
@@ -41,6 +43,11 @@ __all__ = [
 _COLUMNS = ", ".join(c.name for c in book_snapshots.columns)
 _COPY_SQL = f"COPY {book_snapshots.name} ({_COLUMNS}) FROM STDIN"
 _STAGE = "bookfeed_stage"
+# COPY text format: backslash starts an escape, tab separates columns, newline and carriage return end a row.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL = frozenset("\\\t\n\r")
+# A rejected frame's text is kept whole up to this many characters (the feed refuses frames over 64 KiB anyway).
+MAX_REJECTED_RAW_CHARS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,27 @@ def _second(secs: int) -> str:
     return s
 
 
+def clean_text(s: str) -> str:
+    """`s` made storable as PostgreSQL text: NUL (which text cannot hold) becomes U+FFFD and each lone surrogate
+    (which UTF-8, hence psycopg2, cannot encode) becomes its escape ``\\udXXX``. Any other text is returned as is."""
+    if "\x00" in s:
+        s = s.replace("\x00", "\ufffd")
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return s
+
+
+def copy_text(s: str) -> str:
+    """`s` as one field of COPY text format: cleaned by `clean_text`, then backslash, tab, newline and carriage
+    return escaped, so PostgreSQL reads back exactly `clean_text(s)` and no value can end its column or row."""
+    s = clean_text(s)
+    return s.translate(_COPY_ESCAPES) if not _COPY_SPECIAL.isdisjoint(s) else s
+
+
 def _opt(v: object) -> str:
     return "\\N" if v is None else str(v)
 
@@ -88,16 +116,22 @@ def _dec(v: object) -> str:
 def to_rows(items: Sequence[tuple[BookSnapshot, BookMetrics]], *, exchange: str) -> str:
     """COPY text-format lines for book_snapshots, in its column order.
 
-    Safe without escaping: symbols are [A-Z0-9] and every number was validated as a plain decimal by the parser.
+    The text columns (exchange, symbol) go through `copy_text`, whatever their origin. Numbers are written as they
+    are: `models.book.parse_frame` admits only digits and one point in a price or quantity.
     """
     out = []
+    exchange = copy_text(exchange)
+    symbols: dict[str, str] = {}
     for b, m in items:
+        symbol = symbols.get(b.symbol)
+        if symbol is None:
+            symbol = symbols[b.symbol] = copy_text(b.symbol)
         out.append(
             "\t".join(
                 (
                     ns_to_timestamp(b.received_ns),
                     exchange,
-                    b.symbol,
+                    symbol,
                     str(b.depth),
                     str(b.last_update_id),
                     "{" + ",".join(b.bid_prices) + "}",
@@ -156,7 +190,7 @@ def claim_batch(
             "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id"
         ),
         {
-            "batch_id": batch_id,
+            "batch_id": clean_text(batch_id),
             "min_at": None if min_ns is None else ns_to_timestamp(min_ns),
             "max_at": None if max_ns is None else ns_to_timestamp(max_ns),
             "n_books": n_books,
@@ -170,7 +204,7 @@ def set_batch_counts(conn: Connection, *, batch_id: str, n_books: int, n_rejecte
     """Correct a claimed batch's counts once they are known (the frame-by-frame path)."""
     conn.execute(
         text("UPDATE ingest_batches SET n_books = :n_books, n_rejected = :n_rejected WHERE batch_id = :batch_id"),
-        {"batch_id": batch_id, "n_books": n_books, "n_rejected": n_rejected},
+        {"batch_id": clean_text(batch_id), "n_books": n_books, "n_rejected": n_rejected},
     )
 
 
@@ -204,9 +238,11 @@ def insert_books_skipping_duplicates(conn: Connection, rows: str) -> int:
 
 
 def insert_rejected(conn: Connection, rejected: Sequence[Rejected], *, exchange: str, batch_id: str) -> None:
-    """Store rejected frames with their reason; a frame stored before is skipped."""
+    """Store rejected frames with their reason; a frame stored before is skipped. Every text goes through
+    `clean_text` (NUL and lone surrogates cannot be stored) and a raw text is cut at MAX_REJECTED_RAW_CHARS."""
     if not rejected:
         return
+    exchange, batch_id = clean_text(exchange), clean_text(batch_id)
     conn.execute(
         text(
             "INSERT INTO rejected_frames (received_at, exchange, batch_id, reason, raw) "
@@ -218,19 +254,25 @@ def insert_rejected(conn: Connection, rejected: Sequence[Rejected], *, exchange:
                 "received_at": ns_to_timestamp(r.received_ns),
                 "exchange": exchange,
                 "batch_id": batch_id,
-                "reason": r.reason,
-                # PostgreSQL text cannot hold NUL; say so rather than lose the frame.
-                "raw": r.raw.replace("\x00", "\ufffd"),
+                "reason": clean_text(r.reason),
+                "raw": _clip(clean_text(r.raw)),
             }
             for r in rejected
         ],
     )
 
 
+def _clip(raw: str) -> str:
+    if len(raw) <= MAX_REJECTED_RAW_CHARS:
+        return raw
+    return f"{raw[:MAX_REJECTED_RAW_CHARS]}...[cut from {len(raw)} characters]"
+
+
 def insert_gaps(conn: Connection, gaps: Sequence[GapRow], *, exchange: str, batch_id: str) -> None:
-    """Store feed gaps; one stored before is skipped."""
+    """Store feed gaps; one stored before is skipped. Texts go through `clean_text`."""
     if not gaps:
         return
+    exchange, batch_id = clean_text(exchange), clean_text(batch_id)
     conn.execute(
         text(
             "INSERT INTO feed_gap_intervals (exchange, symbol, stream, start_at, end_at, reason, batch_id) "
@@ -240,11 +282,11 @@ def insert_gaps(conn: Connection, gaps: Sequence[GapRow], *, exchange: str, batc
         [
             {
                 "exchange": exchange,
-                "symbol": g.symbol,
-                "stream": g.stream,
+                "symbol": clean_text(g.symbol),
+                "stream": clean_text(g.stream),
                 "start_at": ns_to_timestamp(g.start_ns),
                 "end_at": ns_to_timestamp(g.end_ns),
-                "reason": g.reason,
+                "reason": clean_text(g.reason),
                 "batch_id": batch_id,
             }
             for g in gaps

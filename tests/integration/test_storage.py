@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
 from sqlalchemy import Engine, text
 
 from models.messages import make_batch
+from models.metrics import book_metrics
+from models.tables import book_snapshots
+from tests.factories import make_book
 from tests.integration._frames import diff_depth_frame, fixture_frames, frame, simple_book
+from tests.unit.workers.test_storage_rows import ANY_TEXT
 from workers.ingest import ingest_batch
+from workers.storage import clean_text, to_rows
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +156,18 @@ def test_bytes_per_snapshot_is_reported(clean_db: Engine) -> None:
     per_row = int(size) / len(frames)
     # A depth20 book is ~1.5 KB of JSON; stored with metrics and indexes it must stay in the same ballpark.
     assert 500 < per_row < 3000, per_row
+
+
+@settings(max_examples=150, deadline=None)
+@given(ANY_TEXT, ANY_TEXT)
+def test_copy_reads_back_any_text_exactly(engine: Engine, exchange: str, symbol: str) -> None:
+    """What to_rows writes, PostgreSQL's COPY reads back as written (after clean_text: NUL and lone surrogates)."""
+    rows = to_rows([(b, book_metrics(b)) for b in [make_book(symbol=symbol)]], exchange=exchange)
+    columns = ", ".join(c.name for c in book_snapshots.columns)
+    with engine.connect() as conn:
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cur.execute("CREATE TEMP TABLE copy_probe (LIKE book_snapshots) ON COMMIT DROP")
+        cur.copy_expert(f"COPY copy_probe ({columns}) FROM STDIN", io.StringIO(rows))
+        cur.execute("SELECT exchange, symbol, depth, crossed FROM copy_probe")
+        assert cur.fetchall() == [(clean_text(exchange), clean_text(symbol), 20, False)]
+        conn.rollback()

@@ -182,6 +182,56 @@ def test_extra_field(extra: dict[str, object]) -> None:
     rejects(make_frame(data=make_data(**extra)), match=rf"missing \[\], unexpected \['{name}'\]")
 
 
+def test_extra_field_beside_stream_and_data() -> None:
+    raw = make_frame()[:-1] + ',"id":1}'
+    err = rejects(raw, match=r"unexpected fields \['id'\] beside 'stream' and 'data'")
+    assert err.symbol == "BTCUSDT"
+
+
+# Each key of the frame repeated, in the wrapper or in `data`, before or after its twin, with the same value or a
+# different one, and written plainly or with a JSON escape (which a search for the key's text would miss).
+_DUPLICATES = {
+    "stream-first": ('{"stream":', '{"stream":"x","stream":', "stream"),
+    "stream-last": ('"data":', '"stream":"btcusdt@depth20@100ms","data":', "stream"),
+    "data-twice": ('{"stream":', '{"data":{},"stream":', "data"),
+    "lastUpdateId": ('"bids":', '"lastUpdateId":11719214114,"bids":', "lastUpdateId"),
+    "bids": ('"asks":', '"bids":[],"asks":', "bids"),
+    "asks-escaped": ('"bids":', '"\\u0061sks":[["1","1"]],"bids":', "asks"),
+}
+
+
+@pytest.mark.parametrize(("anchor", "replacement", "key"), _DUPLICATES.values(), ids=_DUPLICATES.keys())
+def test_repeated_field_is_rejected(anchor: str, replacement: str, key: str) -> None:
+    frame = make_frame()
+    raw = frame.replace(anchor, replacement, 1)
+    assert raw != frame and orjson.loads(raw)  # valid JSON, which orjson reads keeping the last twin
+    rejects(raw, match=f"repeated field '{key}'")
+
+
+def test_repeated_field_with_the_same_value_is_rejected() -> None:
+    raw = make_frame(bids=[]).replace('"bids":[]', '"bids":[],"bids":[]', 1)
+    rejects(raw, match="repeated field 'bids'")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["stream", "data", "lastUpdateId", "bids", "asks"]),
+    st.sampled_from(['"btcusdt@depth20"', "{}", "[]", "1", '"1"', "null", '[["1","1"]]']),
+    st.booleans(),
+)
+def test_fuzz_repeated_field_never_accepted(key: str, value: str, before: bool) -> None:
+    frame = make_frame()
+    obj_start = frame.index("{") if key in ("stream", "data") else frame.index("{", 1)
+    dup = f'"{key}":{value}'
+    raw = (
+        frame[: obj_start + 1] + dup + "," + frame[obj_start + 1 :]
+        if before
+        else frame[:obj_start] + frame[obj_start:].replace(f'"{key}":', dup + f',"{key}":', 1)
+    )
+    with pytest.raises(MalformedPayloadError):
+        parse(raw)
+
+
 # --- lastUpdateId -------------------------------------------------------------------------------------------------
 
 
@@ -434,6 +484,24 @@ def test_frame_of_exactly_max_bytes_accepted() -> None:
 def test_frame_over_max_bytes(as_bytes: bool) -> None:
     raw = _padded(MAX_FRAME_BYTES + 1)
     rejects(raw.encode() if as_bytes else raw, match=f"frame of {MAX_FRAME_BYTES + 1} bytes exceeds {MAX_FRAME_BYTES}")
+
+
+def test_size_is_counted_in_utf8_bytes_not_characters() -> None:
+    # 30,000 characters but 90,000 bytes: a multi-byte stream name (not a valid one, but it must not get that far).
+    raw = make_frame(stream="\u20ac" * 30_000)
+    assert len(raw) < MAX_FRAME_BYTES < len(raw.encode())
+    rejects(raw, match=f"frame of {len(raw.encode())} bytes exceeds {MAX_FRAME_BYTES}")
+
+
+def test_non_ascii_frame_under_the_byte_limit_is_not_refused_for_size() -> None:
+    raw = make_frame(stream="\u20ac" * 20_000)  # 60,000 bytes
+    assert len(raw.encode()) < MAX_FRAME_BYTES
+    rejects(raw, match="unknown stream")
+
+
+def test_lone_surrogate_is_not_json_not_a_crash() -> None:
+    rejects(make_frame(stream="btc\ud800usdt@depth20") * 5000, match="not JSON|exceeds")
+    rejects(make_frame(stream="btc\ud800usdt@depth20"), match="not JSON")
 
 
 @pytest.mark.parametrize("n", [100_000, 20_000, 2_000], ids=["100k-over-size-limit", "20k", "2k"])

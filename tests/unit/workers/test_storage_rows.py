@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,7 +15,7 @@ from models.book import BookSnapshot, parse_frame
 from models.metrics import book_metrics
 from models.tables import book_snapshots
 from tests.factories import RECEIVED_NS, depth_samples, make_book
-from workers.storage import ns_to_timestamp, to_rows
+from workers.storage import clean_text, copy_text, ns_to_timestamp, to_rows
 
 pytestmark = pytest.mark.unit
 
@@ -142,6 +143,79 @@ def test_no_books_no_text() -> None:
 
 def test_exchange_is_written_as_given() -> None:
     assert row_of(make_book(), exchange="binance-us")["exchange"] == "binance-us"
+
+
+# --- COPY text escaping -------------------------------------------------------------------------------------------
+
+
+def copy_unescape(field: str) -> str | None:
+    """Reference reader of one COPY text-format field, as PostgreSQL documents it: \\N alone is NULL; backslash +
+    b f n r t v is that control character, + 1-3 octal digits or x + 1-2 hex digits that byte, + anything else that
+    character."""
+    if field == NULL:
+        return None
+    controls = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+    def one(m: re.Match[str]) -> str:
+        e = m.group(1)
+        if e[0] in "01234567":
+            return chr(int(e, 8))
+        if e[0] == "x" and len(e) > 1:
+            return chr(int(e[1:], 16))
+        return controls.get(e, e)
+
+    return re.sub(r"\\([0-7]{1,3}|x[0-9a-fA-F]{1,2}|.)", one, field, flags=re.DOTALL)
+
+
+def test_hostile_exchange_cannot_add_columns_or_rows() -> None:
+    # Before escaping, this exchange wrote its own symbol, depth, ... and a whole second row.
+    forged = "x\tETHUSDT\t20\t1\t{1}\t{1}\t{2}\t{1}\t1\t2\t1\t1\t1\t1\tf\n2023-11-14 00:00:00+00\tbinance"
+    row = row_of(make_book(), exchange=forged)
+    assert copy_unescape(row["exchange"]) == forged
+    assert row["symbol"] == "BTCUSDT"
+
+
+@pytest.mark.parametrize("text", ["\\", "\\N", "\\.", "a\\tb", "\r\n", "\t", "\\x41", "\\101"])
+def test_backslash_sequences_are_written_literally(text: str) -> None:
+    field = copy_text(text)
+    assert copy_unescape(field) == text
+    assert field != NULL and "\t" not in field and "\n" not in field and "\r" not in field
+
+
+# Any text at all, lone surrogates included, with COPY's special characters and NUL made frequent.
+ANY_TEXT = st.text(st.characters(exclude_categories=()) | st.sampled_from("\\\t\n\r\x00\ud800N."))
+
+
+@settings(max_examples=500, deadline=None)
+@given(ANY_TEXT, ANY_TEXT)
+def test_copy_text_round_trips_any_text(exchange: str, symbol: str) -> None:
+    row = row_of(make_book(symbol=symbol), exchange=exchange)  # still one line of 16 fields (checked by row_of)
+    assert copy_unescape(row["exchange"]) == clean_text(exchange)
+    assert copy_unescape(row["symbol"]) == clean_text(symbol)
+    assert clean_text(exchange) == exchange or "\x00" in exchange or not _encodable(exchange)
+
+
+def _encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("plain", "plain"),
+        ("nul\x00byte", "nul\ufffdbyte"),
+        ("lone \ud800 surrogate", "lone \\ud800 surrogate"),
+        ("\udfff\x00\u20ac", "\\udfff\ufffd\u20ac"),
+        ("caf\u00e9", "caf\u00e9"),
+    ],
+)
+def test_clean_text_replaces_only_what_postgres_cannot_store(text: str, clean: str) -> None:
+    assert clean_text(text) == clean
+    clean.encode("utf-8")  # psycopg2 can send it
 
 
 # --- ns_to_timestamp ----------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ it covers; see README "Delivery promise"."""
 
 from __future__ import annotations
 
+from kombu.entity import Exchange, Queue
+
 from models.errors import ConfigError
 from models.messages import AVERAGES_TASK, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE, transport_options
 from models.settings import get_settings
@@ -42,6 +44,13 @@ worker_prefetch_multiplier = 1
 task_default_retry_delay = 2
 
 task_default_queue = INGEST_QUEUE
+# Declared, so `celery -A workers worker` without -Q consumes both (only the default queue otherwise, and averages
+# would wait on `metrics` forever); `-Q ingest` / `-Q metrics` still pick one. Exchange and routing key as Celery
+# makes them for an undeclared queue, so the feed (which declares nothing) publishes to the same bindings.
+task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+    for name in (INGEST_QUEUE, METRICS_QUEUE)
+)
 task_routes = {
     INGEST_TASK: {"queue": INGEST_QUEUE},
     AVERAGES_TASK: {"queue": METRICS_QUEUE},

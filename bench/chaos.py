@@ -1,8 +1,9 @@
 """`make chaos`: the delivery promise under faults.
 
 Drives the simulator at a steady rate through feed -> Redis -> two worker nodes -> PostgreSQL (all embedded, so they
-can be killed and restarted) while it SIGKILLs workers, takes PostgreSQL down, restarts Redis, restarts the feed and
-starts a second beat. Then it compares the feed's ledger of received frames with what PostgreSQL holds and prints:
+can be killed and restarted) while it SIGKILLs workers, takes PostgreSQL down, fills Redis to its memory limit while
+PostgreSQL is down (so workers cannot publish their retries), restarts Redis, restarts the feed and starts a second
+beat. Then it compares the feed's ledger of received frames with what PostgreSQL holds and prints:
 frames sent, received, stored, rejected, duplicated, lost, and the longest time from receive to stored. Exit 1 when
 anything was duplicated or lost, or an average window is missing or wrong.
 """
@@ -48,6 +49,7 @@ class Drill:
         self.events: list[str] = []
         self.ledger = work / "ledger.tsv"
         self.env: dict[str, str] = {}
+        self.redis_url = ""
         self.sim_port = free_port()
 
     def log(self, msg: str) -> None:
@@ -77,7 +79,7 @@ class Drill:
 
     def setup(self) -> tuple[str, str]:
         db_url = self.pg.start()
-        redis_url = self.rd.start()
+        redis_url = self.redis_url = self.rd.start()
         upgrade_to_head(db_url)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKFEED_")}
         self.env.update(
@@ -151,6 +153,22 @@ class Drill:
         self.pg.resume()
         self.log("PostgreSQL back")
 
+    def redis_full_while_postgres_down(self, seconds: float) -> None:
+        """Redis at its memory limit (noeviction) while PostgreSQL is down: every retry a worker tries to publish
+        is refused with OOM, and the feed must hold its frames (high-water mark) instead of filling Redis."""
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        used = int(client.info("memory")["used_memory"])
+        self.log(f"PostgreSQL down and Redis capped at its current use ({used / 1e6:.1f} MB) for {seconds:.0f}s")
+        self.pg.pause()
+        client.config_set("maxmemory", str(used))
+        time.sleep(seconds)
+        self.pg.resume()
+        self.log("PostgreSQL back")
+        time.sleep(min(10.0, seconds / 2))  # retries due now still meet a full Redis
+        client.config_set("maxmemory", "0")
+        self.log("Redis memory limit lifted")
+        client.close()
+
     def redis_restart(self) -> None:
         self.log("Redis restart (SIGTERM, AOF kept)")
         self.rd.stop()
@@ -184,6 +202,7 @@ def schedule(d: Drill, duration: float, pg_outage: float) -> list[tuple[float, C
         (30 * f, lambda: d.kill_worker_node("worker1")),
         (60 * f, lambda: d.postgres_outage(pg_outage)),
         (60 * f + pg_outage + 3, lambda: d.kill_worker_child("worker2")),
+        (115 * f, lambda: d.redis_full_while_postgres_down(25 * f)),
         (150 * f, d.redis_restart),
         (185 * f, d.feed_restart),
         (205 * f, lambda: d.second_beat(45 * f)),

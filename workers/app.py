@@ -1,18 +1,23 @@
-"""The Celery app. Loads celeryconfig, includes workers.tasks, gives each worker process its own engine."""
+"""The Celery app. Loads celeryconfig, includes workers.tasks, gives each worker process its own engine, and starts
+beat's watch on the averages (workers.beat) in the beat process."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import beat_init, setup_logging, worker_process_init, worker_process_shutdown
 from sqlalchemy import Engine
 
 from models.logconfig import configure_logging
 from models.settings import get_settings
+from workers.beat import start_averages_watch
 from workers.db import make_engine
 
 __all__ = ["app", "get_engine"]
+
+logger = logging.getLogger(__name__)
 
 app = Celery("bookfeed", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
@@ -45,3 +50,12 @@ def _dispose_engine(**_: Any) -> None:
 def _setup_logging(**_: Any) -> None:
     s = get_settings()
     configure_logging(s.log_level, s.log_format)
+
+
+@beat_init.connect
+def _watch_averages(**_: Any) -> None:
+    s = get_settings()
+    if not s.database_url:
+        logger.warning("DATABASE_URL is not set: beat cannot warn when no worker computes the averages")
+        return
+    start_averages_watch(get_engine, stale_s=s.averages_stale_s)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,8 +13,10 @@ from sqlalchemy import Engine, text
 
 from feed.publisher import PendingBatch, broker_app, make_celery_sender
 from models.messages import AVERAGES_TASK, METRICS_QUEUE, make_batch
+from tests.conftest import service_env
 from tests.integration._frames import simple_book
-from tests.services import wait_for
+from tests.services import start_process, stop_process, wait_for
+from workers.beat import check_averages
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +65,59 @@ def test_averages_task_runs_in_the_worker(clean_db: Engine, redis_url: str, brok
         app.send_task(AVERAGES_TASK, kwargs={"window_s": w}, queue=METRICS_QUEUE)
     wait_for(lambda: _count(clean_db, "SELECT count(*) FROM price_averages") == 4 + 2)
     assert _count(clean_db, "SELECT sum(samples) FROM price_averages WHERE window_seconds = 60") == 40
+
+
+def test_a_worker_started_without_queue_options_serves_both_queues(
+    clean_db: Engine, database_url: str, redis_url: str, broker_prefix: str, tmp_path: Path
+) -> None:
+    # `celery -A workers worker` as Celery's documentation starts it: no -Q. Averages must still be computed.
+    prefix = f"{broker_prefix}plain:"
+    log = tmp_path / "worker.log"
+    name = f"plain-{uuid.uuid4().hex[:6]}@%h"
+    args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-c", "1", "-n", name]
+    env = service_env(database_url, redis_url, BOOKFEED_BROKER_KEY_PREFIX=prefix)
+    proc = start_process([*args, "--without-gossip", "--without-mingle"], env, log, ready=b"ready.", what="worker")
+    try:
+        t = (int(time.time()) // 60 - 3) * 60
+        frames = [((t + k) * NS, simple_book(100, luid=k)) for k in range(0, 60, 3)]
+        make_celery_sender(redis_url, key_prefix=prefix)(PendingBatch(make_batch(batch_id="plain", frames=frames)))
+        wait_for(lambda: _count(clean_db, "SELECT count(*) FROM order_books") == 20)
+        app = broker_app(redis_url, key_prefix=prefix, name="test")
+        app.send_task(AVERAGES_TASK, kwargs={"window_s": 60}, queue=METRICS_QUEUE)
+        wait_for(lambda: _count(clean_db, "SELECT count(*) FROM price_averages") == 1, 30, "averages computed")
+    finally:
+        stop_process(proc)
+
+
+def _batch_row(engine: Engine, batch_id: str, stored_ago_s: float) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ingest_batches (batch_id, stored_at, n_books, n_rejected) "
+                "VALUES (:b, now() - make_interval(secs => :ago), 1, 0)"
+            ),
+            {"b": batch_id, "ago": stored_ago_s},
+        )
+
+
+def test_beat_warns_while_books_arrive_and_no_averages_are_computed(
+    clean_db: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    _batch_row(clean_db, "old", 600)
+    assert check_averages(clean_db, stale_s=60) is None  # nothing stored lately: nothing to average
+    _batch_row(clean_db, "new", 0)
+    with caplog.at_level(logging.WARNING, logger="workers.beat"):
+        lag = check_averages(clean_db, stale_s=60)  # books arrive, no averages ever computed
+    assert lag is not None and lag > 590
+    assert "averages stale for 6" in caplog.text and "'metrics' queue" in caplog.text
+    with clean_db.begin() as conn:  # a worker computes them again
+        conn.execute(
+            text(
+                "INSERT INTO averages_progress (window_seconds, computed_to, last_run_at) "
+                "VALUES (30, now() - interval '10 seconds', now())"
+            )
+        )
+    assert check_averages(clean_db, stale_s=60) is None
+    with clean_db.begin() as conn:  # ...and stop: stale again once the newest window is old enough
+        conn.execute(text("UPDATE averages_progress SET computed_to = now() - interval '5 minutes'"))
+    assert (check_averages(clean_db, stale_s=60) or 0) > 290

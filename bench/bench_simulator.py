@@ -17,7 +17,7 @@ from typing import Any
 
 import websocket
 
-from feed.sim import ServerConfig, SimConfig, build_simulator, serve_until_signal, ws_url
+from simulator import ServerConfig, SimConfig, build_simulator, serve_until_signal, ws_url
 
 _STREAMS = ("btcusdt@depth20@100ms", "ethusdt@depth20@100ms", "bnbusdt@depth20@100ms")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from feed.sim import SimConfig, SimulatorThread
+from simulator import SimConfig, SimulatorThread
 from tests.services import Services, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e

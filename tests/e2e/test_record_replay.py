@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from feed.service import FeedConfig, run_feed
-from feed.sim import FaultConfig, ReplayConfig, ReplayThread, SimConfig, SimulatorThread, read_recording
 from models.book import parse_frame
 from models.errors import InvalidBookError
+from simulator import FaultConfig, ReplayConfig, ReplayThread, SimConfig, SimulatorThread, read_recording
 
 pytestmark = pytest.mark.e2e
 

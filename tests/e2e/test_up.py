@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from feed.embedded import free_port
-from feed.sim import FaultConfig, SimConfig, SimulatorThread
+from simulator import FaultConfig, SimConfig, SimulatorThread
 from tests.e2e._checks import assert_metrics_exact
 from tests.services import Services
 from workers.audit import averages_mismatches, check_ledger, duplicated_books, read_ledger

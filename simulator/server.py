@@ -1,7 +1,8 @@
-"""Binance-compatible websocket server: URL paths, JSON methods, limits, keepalive, lifetime, HTTP routes.
+"""The Binance-compatible websocket server: URL paths, JSON methods, limits, keepalive, lifetime, periodic faults.
 
-Owns connections and connection rules only; what data to send comes from a ``Feeder`` (simulated market
-or replayed recording), what HTTP routes answer comes from an ``HttpRoutes`` callable.
+Owns connections and connection rules only: what data to send comes from a ``Feeder`` (simulated market or
+replayed recording), what HTTP requests answer comes from ``simulator.control.HttpApi``. Every object here lives
+on the event loop thread; other threads go through ``simulator.runtime.ServerThread``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import collections
 import http
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -22,18 +25,66 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from feed.sim._config import ServerConfig
-from feed.sim._protocol import handle_request
-from feed.sim._runtime import FaultState, Stats
-from feed.sim._streams import parse_ws_path
-from feed.sim._wire import FrameWriter
+from models.errors import ConfigError
+from simulator.faults import FaultKind, FaultState
+from simulator.protocol import FrameWriter, handle_request, parse_ws_path
 
 logger = logging.getLogger(__name__)
 
-HttpRoutes = Callable[[str, str, Mapping[str, str]], "tuple[int, Any] | None"]
-"""(method, path, query) -> (status, JSON body), or None when the path is not an HTTP route."""
+HttpRoutes = Callable[[str, Mapping[str, str]], "tuple[int, Any] | None"]
+"""(path, query) -> (status, JSON body), or None when the path is not an HTTP route."""
 
 _WRITE_LIMIT = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Binance connection rules shared by the simulator and the replayer (seconds unless named otherwise).
+
+    ``ping_interval_s`` / ``pong_timeout_s`` of ``None`` disable keepalive; ``max_lifetime_s`` of ``None``
+    keeps connections forever. The ``serverShutdown`` event goes out ``shutdown_notice_s`` before the close.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    ping_interval_s: float | None = 20.0
+    pong_timeout_s: float | None = 60.0
+    max_lifetime_s: float | None = 24 * 3600.0
+    shutdown_notice_s: float = 0.0
+    max_streams: int = 1024
+    max_messages_per_s: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        for name in ("ping_interval_s", "pong_timeout_s", "max_lifetime_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.shutdown_notice_s < 0:
+            raise ConfigError(f"shutdown_notice_s must be >= 0, got {self.shutdown_notice_s}")
+        if self.max_streams < 1 or self.max_messages_per_s < 1:
+            raise ConfigError("max_streams and max_messages_per_s must be at least 1")
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters reported by ``GET /control/stats``."""
+
+    connections: int = 0
+    connections_total: int = 0
+    frames: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy: frames sent per stream, connections (current and total), faults per kind."""
+        return {
+            "connections": self.connections,
+            "connections_total": self.connections_total,
+            "frames_total": sum(self.frames.values()),
+            "frames": dict(self.frames),
+            "faults": {kind.value: self.faults[kind.value] for kind in FaultKind},
+        }
 
 
 class Session:
@@ -70,9 +121,9 @@ class Session:
         """Send data frames now, or ``delay_ms`` later while the delay fault is on (order is kept)."""
         if not frames:
             return
-        delay_ms = self._faults.delay_ms
+        delay_ms = self._faults.settings.delay_ms
         if delay_ms > 0:
-            self._stats.faults["delay"] += len(frames)
+            self._stats.faults[FaultKind.DELAY.value] += len(frames)
             asyncio.get_running_loop().call_later(delay_ms / 1000.0, self.writer.write, frames)
         else:
             self.writer.write(frames)
@@ -95,8 +146,7 @@ class Feeder(Protocol):
     async def run(self, session: Session) -> None: ...
 
 
-def json_response(status: int, body: Any) -> Response:
-    """Build an HTTP response with a JSON body (websockets sends it and closes the connection)."""
+def _json_response(status: int, body: Any) -> Response:
     data = orjson.dumps(body)
     headers = Headers(
         [
@@ -164,23 +214,25 @@ class StreamServer:
         for session in list(self._sessions):
             session.connection.transport.abort()
             dropped += 1
-        self.stats.faults["drop"] += dropped
+        self.stats.faults[FaultKind.DROP.value] += dropped
         logger.warning("injected drop: aborted %d connection(s)", dropped)
         return dropped
+
+    def stall_all(self) -> None:
+        """Silence every stream for ``stall_for_s`` (the periodic stall)."""
+        self.stats.faults[FaultKind.STALL.value] += 1
+        self.faults.stall(None, self.faults.settings.stall_for_s, now=asyncio.get_running_loop().time())
 
     def refresh_periodic(self) -> None:
         """(Re)start the periodic drop and stall tasks after their settings changed."""
         for task in self._periodic:
             task.cancel()
-        self._periodic = []
-        if self.faults.drop_every_s is not None:
-            self._periodic.append(asyncio.create_task(self._every(self.faults.drop_every_s, self.drop_all)))
-        if self.faults.stall_every_s is not None:
-            self._periodic.append(asyncio.create_task(self._every(self.faults.stall_every_s, self._stall_all)))
-
-    def _stall_all(self) -> None:
-        self.stats.faults["stall"] += 1
-        self.faults.stall(None, self.faults.stall_for_s, now=asyncio.get_running_loop().time())
+        settings = self.faults.settings
+        self._periodic = [
+            asyncio.create_task(self._every(every_s, action))
+            for every_s, action in ((settings.drop_every_s, self.drop_all), (settings.stall_every_s, self.stall_all))
+            if every_s is not None
+        ]
 
     @staticmethod
     async def _every(seconds: float, action: Callable[[], object]) -> None:
@@ -191,16 +243,15 @@ class StreamServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
         if self.http_routes is not None:
-            method = getattr(request, "method", "GET")  # websockets 13 only parses GET requests
-            routed = self.http_routes(method, path, dict(parse_qsl(query)))
+            routed = self.http_routes(path, dict(parse_qsl(query)))
             if routed is not None:
-                return json_response(*routed)
+                return _json_response(*routed)
         ws_path = parse_ws_path(request.path)
         if ws_path is None:
-            return json_response(404, {"code": -1, "msg": f"Not found: {path}"})
+            return _json_response(404, {"code": -1, "msg": f"Not found: {path}"})
         if len(ws_path.streams) > self.config.max_streams:
             msg = f"Too many streams: {len(ws_path.streams)} > {self.config.max_streams} per connection"
-            return json_response(400, {"code": -1, "msg": msg})
+            return _json_response(400, {"code": -1, "msg": msg})
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:

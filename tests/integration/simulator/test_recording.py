@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from feed.sim import ReplayConfig, ReplayThread, read_recording, record
-from feed.sim.commands import register
+from simulator import ReplayConfig, ReplayThread, read_recording, record
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +54,3 @@ def test_replay_keeps_pace_and_speed(recording: Path, connect) -> None:
             client.recv()
         elapsed = time.monotonic() - start
     assert span / 2 - 0.15 < elapsed < span / 2 + 0.4
-
-
-def test_record_and_replay_commands(sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser(prog="bookfeed")
-    register(parser.add_subparsers(required=True))
-    out = tmp_path / "cli.jsonl.gz"
-    args = parser.parse_args(["record", "--url", sim.url(STREAMS), "--out", str(out), "--max-frames", "5"])
-    assert args.func(args) == 0
-    assert capsys.readouterr().out.strip() == f"recorded 5 frames to {out}"
-    assert len(read_recording(out).frames) == 5
-    args = parser.parse_args(["replay", str(tmp_path / "missing.jsonl.gz"), "--port", "0"])
-    assert args.func(args) == 1
-    assert "cannot read recording" in capsys.readouterr().err

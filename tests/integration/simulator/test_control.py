@@ -1,14 +1,25 @@
-"""Each fault, switched on through the HTTP control API, the Python API or start-up configuration."""
+"""Each fault, switched on through the HTTP control API, the Python API or start-up configuration; each fault
+setting has the same name in all three."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import orjson
 import pytest
 
-from feed.sim import FaultConfig, SimConfig, SimulatorThread
+from models.errors import ConfigError
+from simulator import (
+    FAULT_SETTINGS,
+    FaultConfig,
+    RecordingWriter,
+    ReplayConfig,
+    ReplayThread,
+    SimConfig,
+    SimulatorThread,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +43,7 @@ def test_drop_every_from_config(connect) -> None:
         start = time.monotonic()
         assert connect(sim.url([FAST])).wait_closed() is None
         assert time.monotonic() - start < 1.0
-        sim.drop_every(0)
+        assert sim.set_faults(drop_every_s=0)["drop_every_s"] is None
         client = connect(sim.url([FAST]))
         assert len(client.frames(0.5)) >= 3
 
@@ -76,10 +87,11 @@ def _is_malformed(text: str) -> bool:
 
 
 def test_malformed_frames_by_http(sim, connect, http, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="feed.sim")
+    caplog.set_level(logging.WARNING, logger="simulator")
     client = connect(sim.url([FAST]))
     client.recv()
-    assert http(sim.http_url("/control/malformed?fraction=1"), "POST") == (200, {"malformed_fraction": 1.0})
+    status, settings = http(sim.http_url("/control/faults?malformed_fraction=1"), "POST")
+    assert status == 200 and settings == {**FaultConfig().to_dict(), "malformed_fraction": 1.0}
     time.sleep(0.15)
     client.frames(0.05)
     frames = [text for _, text in client.frames(0.5)]
@@ -90,7 +102,7 @@ def test_malformed_frames_by_http(sim, connect, http, caplog: pytest.LogCaptureF
 
 def test_crossed_books_by_python_api(sim, connect) -> None:
     client = connect(sim.url([FAST]))
-    sim.set_fraction("crossed", 1.0)
+    sim.set_faults(crossed_fraction=1.0)
     client.frames(0.15)
     for _, text in client.frames(0.4):
         data = orjson.loads(text)["data"]
@@ -115,7 +127,8 @@ def test_fault_fraction_is_respected(connect) -> None:
 
 def test_delay_by_http(sim, connect, http) -> None:
     client = connect(sim.url(combined=False))
-    assert http(sim.http_url("/control/delay?ms=400"), "POST") == (200, {"delay_ms": 400.0})
+    status, settings = http(sim.http_url("/control/faults?delay_ms=400"), "POST")
+    assert status == 200 and settings["delay_ms"] == 400.0
     start = time.monotonic()
     client.send({"method": "SUBSCRIBE", "params": [FAST], "id": 1})
     assert client.recv() == '{"result":null,"id":1}'  # replies are not delayed, data frames are
@@ -129,10 +142,38 @@ def test_delay_by_http(sim, connect, http) -> None:
 
 
 def test_bad_control_requests(sim, http) -> None:
-    assert http(sim.http_url("/control/malformed?fraction=2"), "POST")[0] == 400
+    status, body = http(sim.http_url("/control/faults?malformed_fraction=2"), "POST")
+    assert status == 400 and body["error"] == "malformed_fraction must be in [0, 1], got 2.0"
+    assert http(sim.http_url("/control/faults?malformed=0.5"), "POST")[0] == 400  # not a setting's name
+    assert http(sim.http_url("/control/faults?delay_ms=abc"), "POST")[0] == 400
     assert http(sim.http_url("/control/stall"), "POST")[0] == 400
-    assert http(sim.http_url("/control/delay?ms=abc"), "POST")[0] == 400
+    assert http(sim.http_url("/control/malformed?fraction=1"), "POST")[0] == 404
     assert http(sim.http_url("/control/explode"), "POST")[0] == 404
+    with pytest.raises(ConfigError, match="unknown fault setting"):
+        sim.set_faults(crossed=0.5)
+    assert http(sim.http_url("/control/faults")) == (200, FaultConfig().to_dict())  # nothing changed
+
+
+def test_each_setting_has_one_name_in_config_python_and_http(http) -> None:
+    config = FaultConfig(delay_ms=1.0, stall_every_s=60.0, stall_for_s=2.0)
+    with SimulatorThread(SimConfig(faults=config)) as sim:
+        assert http(sim.http_url("/control/faults")) == (200, config.to_dict())
+        assert list(config.to_dict()) == list(FAULT_SETTINGS)
+        changed = {name: 0.5 if name.endswith("_fraction") else 30.0 for name in FAULT_SETTINGS}
+        query = "&".join(f"{name}={value}" for name, value in changed.items())
+        assert http(sim.http_url(f"/control/faults?{query}"), "POST") == (200, changed)
+        sim.reset_faults()
+        assert sim.set_faults() == FaultConfig(stall_for_s=30.0).to_dict()
+
+
+def test_a_replay_refuses_book_faults(tmp_path: Path, http) -> None:
+    path = tmp_path / "r.jsonl.gz"
+    with RecordingWriter(path, url=None) as writer:
+        writer.write(1, '{"stream":"btcusdt@depth5","data":{"lastUpdateId":1,"bids":[],"asks":[]}}')
+    with ReplayThread(ReplayConfig(path)) as replay:
+        status, body = http(replay.http_url("/control/faults?crossed_fraction=0.5"), "POST")
+        assert status == 400 and "need(s) the simulator" in body["error"]
+        assert replay.set_faults(delay_ms=5.0)["delay_ms"] == 5.0
 
 
 def test_stats_count_frames_per_stream(sim, connect, http) -> None:

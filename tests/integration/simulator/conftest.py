@@ -13,7 +13,7 @@ import orjson
 import pytest
 import websocket
 
-from feed.sim import SimConfig, SimulatorThread
+from simulator import SimConfig, SimulatorThread
 
 
 class Client:

@@ -1,6 +1,7 @@
-"""Fault controls and the HTTP routes on the websocket port: ``/control/*`` and ``/api/v3/*``.
+"""Controlling a running server: fault settings by name, one-off faults, counters, and the HTTP routes on the
+websocket port (``/api/v3/*`` as Binance, ``/control/*`` for tests and demos).
 
-``Controls`` runs on the event loop thread; the HTTP API and ``SimulatorThread`` both drive it.
+``Controls`` runs on the event loop thread; the HTTP API and ``simulator.runtime.ServerThread`` both drive it.
 """
 
 from __future__ import annotations
@@ -14,36 +15,46 @@ from typing import Any
 
 import orjson
 
-from feed.sim._faults import FaultKind
-from feed.sim._server import StreamServer
-from feed.sim._symbols import SymbolSpec, exchange_info
+from models.errors import ConfigError
+from simulator.faults import FAULT_SETTINGS, FaultKind
+from simulator.market import SymbolSpec, exchange_info
+from simulator.server import StreamServer
 
 logger = logging.getLogger(__name__)
 
-_BOOK_FAULTS = (FaultKind.MALFORMED, FaultKind.CROSSED, FaultKind.ONE_SIDED)
+_BOOK_FAULT_SETTINGS = ("malformed_fraction", "crossed_fraction", "one_sided_fraction")
 
 
-class ControlError(ValueError):
+class ControlError(ConfigError):
     """A control request has a missing or out-of-range parameter (HTTP 400)."""
 
 
 class Controls:
-    """Switch faults on and off and read counters; book faults only when ``book_faults`` (the simulator)."""
+    """Change fault settings, run one-off faults (drop, stall) and read counters.
+
+    Book faults (``malformed_fraction``, ``crossed_fraction``, ``one_sided_fraction``) need ``book_faults`` (the
+    simulator, not a replay). Bad values raise ``ConfigError`` (``ControlError`` for the one-off faults).
+    """
 
     def __init__(self, server: StreamServer, *, book_faults: bool) -> None:
         self._server = server
         self._book_faults = book_faults
 
-    def drop(self, every_s: float | None = None) -> dict[str, Any]:
-        """Drop every connection now, or (``every_s`` given) every ``every_s`` seconds; 0 stops that."""
-        if every_s is None:
-            return {"dropped": self._server.drop_all()}
-        if every_s < 0 or not math.isfinite(every_s):
-            raise ControlError(f"every must be >= 0 seconds, got {every_s}")
-        self._server.faults.drop_every_s = every_s or None
-        self._server.refresh_periodic()
-        logger.warning("injected periodic drop: every %s s", every_s or "never")
-        return {"drop_every_s": every_s}
+    def set_faults(self, changes: Mapping[str, float | None]) -> dict[str, float | None]:
+        """Apply fault settings by name (``FaultConfig`` fields); returns every setting afterwards."""
+        refused = [name for name in _BOOK_FAULT_SETTINGS if changes.get(name) and not self._book_faults]
+        if refused:
+            raise ControlError(f"{', '.join(refused)} need(s) the simulator, not a replay")
+        settings = self._server.faults.update(changes)
+        if {"drop_every_s", "stall_every_s"} & changes.keys():
+            self._server.refresh_periodic()
+        if changes:
+            logger.warning("fault settings changed: %s", dict(changes))
+        return settings.to_dict()
+
+    def drop_all(self) -> dict[str, Any]:
+        """Abort every connection now (no close frame)."""
+        return {"dropped": self._server.drop_all()}
 
     def stall(self, stream: str | None, seconds: float) -> dict[str, Any]:
         """Keep ``stream`` (every stream if None) silent for ``seconds``; connections stay open."""
@@ -52,26 +63,6 @@ class Controls:
         self._server.stats.faults[FaultKind.STALL.value] += 1
         self._server.faults.stall(stream, seconds, now=asyncio.get_running_loop().time())
         return {"stream": stream, "seconds": seconds}
-
-    def set_fraction(self, kind: FaultKind, fraction: float) -> dict[str, Any]:
-        """Render ``fraction`` (0..1) of the frames with the book fault ``kind``."""
-        if kind not in _BOOK_FAULTS:
-            raise ControlError(f"{kind.value} is not a per-frame fault")
-        if not self._book_faults:
-            raise ControlError(f"{kind.value} frames need the simulator, not a replay")
-        if not 0.0 <= fraction <= 1.0:
-            raise ControlError(f"fraction must be in [0, 1], got {fraction}")
-        setattr(self._server.faults, kind.value, fraction)
-        logger.warning("injected %s fault: fraction=%s", kind.value, fraction)
-        return {f"{kind.value}_fraction": fraction}
-
-    def set_delay(self, ms: float) -> dict[str, Any]:
-        """Delay every data frame by ``ms`` milliseconds (0 switches the delay off)."""
-        if not 0.0 <= ms < 3_600_000:
-            raise ControlError(f"ms must be in [0, 3600000), got {ms}")
-        self._server.faults.delay_ms = ms
-        logger.warning("injected delay: %s ms per frame", ms)
-        return {"delay_ms": ms}
 
     def reset(self) -> dict[str, Any]:
         """Switch every fault off."""
@@ -112,24 +103,24 @@ def _select(specs: Sequence[SymbolSpec], query: Mapping[str, str]) -> list[Symbo
 
 
 class HttpApi:
-    """Route table for the HTTP requests the server answers instead of a websocket handshake."""
+    """HTTP requests answered instead of a websocket handshake (any method; POST for changes by convention).
+
+    ``/api/v3/exchangeInfo|ping|time`` as Binance; ``/control/faults?<setting>=<value>&..`` (none: read),
+    ``/control/drop``, ``/control/stall?seconds=S[&stream=NAME]``, ``/control/reset``, ``/control/stats``.
+    """
 
     def __init__(self, controls: Controls, specs: Sequence[SymbolSpec]) -> None:
         self._specs = list(specs)
-        self._controls = controls
         self._routes: dict[str, Callable[[Mapping[str, str]], dict[str, Any]]] = {
-            "drop": lambda q: controls.drop(_number(q, "every") if "every" in q else None),
+            "faults": lambda q: controls.set_faults({name: _number(q, name) for name in q}),
+            "drop": lambda q: controls.drop_all(),
             "stall": lambda q: controls.stall(q.get("stream") or None, _number(q, "seconds")),
-            "malformed": lambda q: controls.set_fraction(FaultKind.MALFORMED, _number(q, "fraction")),
-            "crossed": lambda q: controls.set_fraction(FaultKind.CROSSED, _number(q, "fraction")),
-            "one_sided": lambda q: controls.set_fraction(FaultKind.ONE_SIDED, _number(q, "fraction")),
-            "delay": lambda q: controls.set_delay(_number(q, "ms")),
             "reset": lambda q: controls.reset(),
             "stats": lambda q: controls.stats(),
         }
 
-    def __call__(self, method: str, path: str, query: Mapping[str, str]) -> tuple[int, Any] | None:
-        """Answer ``/api/v3/exchangeInfo|ping|time`` and ``/control/<name>``; None for other paths."""
+    def __call__(self, path: str, query: Mapping[str, str]) -> tuple[int, Any] | None:
+        """(status, JSON body) for the routes above; None for other paths (websocket or 404)."""
         if path == "/api/v3/exchangeInfo":
             selected = _select(self._specs, query)
             if selected is None:
@@ -146,5 +137,5 @@ class HttpApi:
             return 404, {"error": f"unknown control {path}", "controls": sorted(self._routes)}
         try:
             return 200, route(query)
-        except ControlError as exc:
-            return 400, {"error": str(exc)}
+        except ConfigError as exc:
+            return 400, {"error": str(exc), "settings": list(FAULT_SETTINGS)}

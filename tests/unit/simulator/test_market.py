@@ -1,20 +1,66 @@
-"""Synthetic books: determinism per seed and Binance's partial-depth invariants."""
+"""Symbol specs, generated names, the exchangeInfo document and synthetic books (determinism, Binance's invariants)."""
 
 from __future__ import annotations
 
 import itertools
+import re
 from decimal import Decimal
 
 import orjson
 import pytest
 
-from feed.sim import SymbolBook, book_at, make_spec
-from feed.sim._simfeed import Market
-from feed.sim._symbols import E8
+from models.vocabulary import DEFAULT_SYMBOLS
+from simulator import Market, SimConfig, SymbolBook, book_at, exchange_info, make_spec, random_symbol_names
 
 pytestmark = pytest.mark.unit
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "PEPEUSDT", "TRXUSDT", "QWZUSDT", "ABCBTC")
+
+
+def test_default_symbols_are_the_vocabulary_ones() -> None:
+    assert SimConfig().symbols is DEFAULT_SYMBOLS
+
+
+@pytest.mark.parametrize(
+    ("symbol", "base", "quote"),
+    [("BTCUSDT", "BTC", "USDT"), ("ethbtc", "ETH", "BTC"), ("SOLFDUSD", "SOL", "FDUSD"), ("XYZQQQQ", "XYZ", "QQQQ")],
+)
+def test_base_and_quote_assets(symbol: str, base: str, quote: str) -> None:
+    spec = make_spec(symbol, seed=0)
+    assert (spec.symbol, spec.base_asset, spec.quote_asset) == (symbol.upper(), base, quote)
+
+
+def test_tick_sizes_follow_price_scale() -> None:
+    btc, pepe = make_spec("BTCUSDT", seed=0), make_spec("PEPEUSDT", seed=0)
+    assert btc.tick_e8 == 1_000_000 and 50_000 < btc.start_mid_e8 / 1e8 < 70_000  # a tick of 0.01
+    assert pepe.tick_e8 == 1 and pepe.start_mid_e8 / 1e8 < 0.0001  # a tick of 0.00000001
+
+
+def test_random_names_are_plausible_unique_and_deterministic() -> None:
+    names = random_symbol_names(200, seed=5)
+    assert names == random_symbol_names(200, seed=5) != random_symbol_names(200, seed=6)
+    assert len(set(names)) == 200
+    assert all(re.fullmatch(r"[A-Z]{3,5}(USDT|FDUSD|BTC|USDC)", n) for n in names)
+
+
+def test_exchange_info_has_binance_shape() -> None:
+    doc = exchange_info([make_spec("BTCUSDT", seed=0)], server_time_ms=123)
+    assert doc["timezone"] == "UTC" and doc["serverTime"] == 123
+    (info,) = doc["symbols"]
+    assert (info["symbol"], info["status"], info["baseAsset"], info["quoteAsset"]) == (
+        "BTCUSDT",
+        "TRADING",
+        "BTC",
+        "USDT",
+    )
+    price, lot = info["filters"]
+    assert price == {
+        "filterType": "PRICE_FILTER",
+        "minPrice": "0.01000000",
+        "maxPrice": "1000000.00000000",
+        "tickSize": "0.01000000",
+    }
+    assert lot["filterType"] == "LOT_SIZE" and lot["stepSize"] == lot["minQty"] == "0.00001000"
 
 
 def _payloads(symbol: str, seed: int, steps: int, depth: int = 20) -> list[bytes]:
@@ -44,12 +90,22 @@ def test_nth_book_depends_on_seed_symbol_n_only() -> None:
     assert eth.payload(20) == book_at(spec, seed=3, n=42).payload(20)
 
 
+def test_market_moves_a_book_at_most_every_50_ms() -> None:
+    market = Market([make_spec("BTCUSDT", seed=1)], seed=1)
+    book = market.book("BTCUSDT")
+    for now in (10.0, 10.01, 10.049):
+        market.refresh(book, now)
+    assert book.n == 1
+    market.refresh(book, 10.05)
+    assert book.n == 2 and market.book("BTCUSDT") is book
+
+
 @pytest.mark.parametrize("symbol", SYMBOLS)
 @pytest.mark.parametrize("allow_thin", [False, True])
 def test_books_keep_binance_invariants(symbol: str, allow_thin: bool) -> None:
     spec = make_spec(symbol, seed=11, allow_thin=allow_thin)
-    tick = Decimal(spec.tick_e8) / E8
-    step = Decimal(spec.step_e8) / E8
+    tick = Decimal(spec.tick_e8).scaleb(-8)
+    step = Decimal(spec.step_e8).scaleb(-8)
     book = SymbolBook(spec, seed=11)
     previous_id = book.last_update_id
     for _ in range(2000):

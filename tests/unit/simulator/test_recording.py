@@ -8,8 +8,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from feed.sim import RecordedFrame, RecordingError, RecordingWriter, read_recording
-from feed.sim._replay import recorded_symbols, replay_items
+from models.errors import ConfigError
+from simulator import (
+    RecordedFrame,
+    RecordingError,
+    RecordingWriter,
+    ReplayConfig,
+    build_replayer,
+    read_recording,
+    replay_items,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -34,12 +42,12 @@ def test_file_is_gzip_json_lines(tmp_path: Path) -> None:
     )
 
 
-def test_bad_files_raise_recording_error(tmp_path: Path) -> None:
+def test_bad_files_raise_recording_error_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(RecordingError):
         read_recording(tmp_path / "missing.jsonl.gz")
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(gzip.compress(b'{"x": 1}\n'))
-    with pytest.raises(RecordingError, match="not a recording line"):
+    with pytest.raises(ConfigError, match="not a recording line"):
         read_recording(bad)
 
 
@@ -53,7 +61,7 @@ def test_replay_items_from_combined_frames(tmp_path: Path) -> None:
     assert [(i.offset_s, i.stream) for i in items] == [(0.0, "btcusdt@depth5@100ms"), (1.0, "ethusdt@depth20")]
     assert items[0].combined == COMBINED.encode()
     assert items[0].raw == b'{"lastUpdateId":1,"bids":[["1.00000000","2.00000000"]],"asks":[]}'
-    assert recorded_symbols(items) == ["BTCUSDT", "ETHUSDT"]
+    assert build_replayer(ReplayConfig(path)).symbols == ("BTCUSDT", "ETHUSDT")  # nothing is bound yet
 
 
 def test_replay_items_from_raw_frames_use_the_url_stream(tmp_path: Path) -> None:
@@ -64,3 +72,8 @@ def test_replay_items_from_raw_frames_use_the_url_stream(tmp_path: Path) -> None
     (item,) = replay_items(read_recording(path))
     assert item.stream == "btcusdt@depth20" and item.raw == raw.encode()
     assert item.combined == b'{"stream":"btcusdt@depth20","data":' + raw.encode() + b"}"
+
+
+def test_replay_speed_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="speed must be positive"):
+        ReplayConfig(tmp_path / "r.jsonl.gz", speed=0)

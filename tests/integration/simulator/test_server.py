@@ -1,4 +1,4 @@
-"""Server pings, pong timeout and the connection lifetime, with short configured intervals."""
+"""Connection rules of the server: pings, pong timeout and the connection lifetime, with short intervals."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import orjson
 import pytest
 import websocket
 
-from feed.sim import ServerConfig, SimConfig, SimulatorThread
+from simulator import ServerConfig, SimConfig, SimulatorThread
 
 pytestmark = pytest.mark.integration
 

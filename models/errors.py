@@ -3,11 +3,11 @@
 PipelineError
 ├── ConfigError                      bad settings or CLI values (exit 2, one line)
 ├── InvalidBookError                 a frame that cannot be stored as a book (never retried)
-│   ├── MalformedPayloadError        not JSON, missing fields, bad numbers, unknown stream
-│   └── CrossedBookError             best bid >= best ask (stored raw, flagged, not raised by ingest)
+│   └── MalformedPayloadError        not JSON, missing fields, bad numbers, unknown stream
 ├── FeedError                        websocket side
 │   └── RetriesExhaustedError        the reconnect budget is spent
 └── StorageError                     PostgreSQL side
+    ├── DuplicateRowError            a row with the same identity is stored already
     └── TransientStorageError        connection lost, server restarting: retry later
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
-    "CrossedBookError",
+    "DuplicateRowError",
     "FeedError",
     "InvalidBookError",
     "MalformedPayloadError",
@@ -48,10 +48,6 @@ class MalformedPayloadError(InvalidBookError):
     """Not JSON, a missing or extra field, a bad number, or a stream we do not record."""
 
 
-class CrossedBookError(InvalidBookError):
-    """Best bid is at or above best ask."""
-
-
 class FeedError(PipelineError):
     """The websocket feed failed."""
 
@@ -66,6 +62,10 @@ class RetriesExhaustedError(FeedError):
 
 class StorageError(PipelineError):
     """PostgreSQL refused or failed a write."""
+
+
+class DuplicateRowError(StorageError):
+    """A write met a row stored before under the same unique key (a frame re-published in another batch)."""
 
 
 class TransientStorageError(StorageError):

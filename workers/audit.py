@@ -86,8 +86,9 @@ def duplicated_books(engine: Engine) -> int:
 
 
 def averages_mismatches(engine: Engine, *, closed_before_s: float) -> list[tuple[Any, ...]]:
-    """30 s and 60 s windows ending by `closed_before_s` whose row in price_averages is missing, extra or differs
-    from a recomputation over book_metrics (samples exactly, avg_price to 1e-9 relative)."""
+    """30 s and 60 s windows ending by `closed_before_s` whose row in the price_averages view is missing, extra or
+    differs from a recomputation over the book_snapshots table (books with a price, not crossed; samples exactly,
+    avg_price to 1e-9 relative)."""
     with engine.connect() as conn:
         return [
             tuple(r)

@@ -1,7 +1,8 @@
 """The one home of PostgreSQL writes: partitions, batch claims, COPY of books, rejected frames.
 
 `to_rows` is pure; every other function does I/O on a connection it is given, inside the caller's transaction.
-Driver errors are translated here: connection problems become TransientStorageError, the rest StorageError.
+Driver errors are translated here: connection problems become TransientStorageError, a frame COPY finds stored
+already DuplicateRowError, the rest StorageError.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
 
 from models.book import BookSnapshot
-from models.errors import StorageError, TransientStorageError
+from models.errors import DuplicateRowError, StorageError, TransientStorageError
 from models.metrics import BookMetrics
 from models.tables import book_snapshots
 
@@ -209,10 +210,13 @@ def set_batch_counts(conn: Connection, *, batch_id: str, n_books: int, n_rejecte
 
 
 def copy_books(conn: Connection, rows: str) -> None:
-    """COPY rows (from `to_rows`) straight into book_snapshots. Raises psycopg2 UniqueViolation on a stored frame."""
+    """COPY rows (from `to_rows`) straight into book_snapshots. Raises DuplicateRowError when a frame is stored
+    already (the COPY is then void: run it in a savepoint, and use `insert_books_skipping_duplicates`)."""
     cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cur.copy_expert(_COPY_SQL, io.StringIO(rows))
+    except psycopg2.errors.UniqueViolation as e:
+        raise DuplicateRowError(_first_line(e)) from e
     finally:
         cur.close()
 
@@ -292,8 +296,3 @@ def insert_gaps(conn: Connection, gaps: Sequence[GapRow], *, exchange: str, batc
             for g in gaps
         ],
     )
-
-
-def is_unique_violation(e: BaseException) -> bool:
-    orig = getattr(e, "orig", e)
-    return isinstance(orig, psycopg2.errors.UniqueViolation)

@@ -1,6 +1,6 @@
 """Delivery policy of ingest tasks through real workers, Redis and PostgreSQL: a retry that cannot be published keeps
 its batch, deliveries are counted per batch (a batch that kills its worker ends frame by frame, then rejected), and
-outage and poison retries have budgets of their own.
+outage and poison retries have budgets of their own; a batch stored before never ends rejected too.
 
 The tests hold the batch's claim row in ingest_batches in an open transaction, so the worker's attempt waits on that
 lock for as long as the test needs: to kill the worker's process mid-batch, or to end its PostgreSQL session (what a
@@ -29,6 +29,7 @@ from tests.conftest import service_env
 from tests.integration._frames import simple_book
 from tests.services import start_worker, stop_process, wait_for
 from workers.deliveries import DAY_S, DeliveryCounter, Limits, Mode, Tries, delivery_key, plan
+from workers.ingest import ingest_batch
 
 pytestmark = pytest.mark.integration
 
@@ -185,8 +186,30 @@ def test_a_batch_that_keeps_killing_its_worker_ends_recorded_as_rejected(
         wait_for(lambda: _scalar(clean_db, "SELECT count(*) FROM rejected_messages") == N_FRAMES, 30, "rejected")
         assert _scalar(clean_db, "SELECT count(*) FROM order_books") == 0
         assert int(counter.get(key) or 0) == 4
-        modes = [(r["mode"], r["deliveries"]) for r in _log(tmp_path) if r.get("logger") == "workers.tasks"]
+        modes = [(r["mode"], r["deliveries"]) for r in _log(tmp_path) if r.get("logger") == "workers.deliveries"]
         assert modes == [("reject", 4)]
+    finally:
+        stop_process(worker)
+
+
+def test_a_stored_batch_redelivered_past_its_budget_is_not_also_rejected(
+    clean_db: Engine, database_url: str, redis_url: str, broker_prefix: str, tmp_path: Path
+) -> None:
+    # The batch was committed, then its worker died before acknowledging it, again and again: the delivery that
+    # reaches the reject step finds the batch claimed and records nothing.
+    batch_id = f"stored-{uuid.uuid4().hex[:8]}"
+    payload = make_batch(batch_id=batch_id, frames=_frames())
+    assert ingest_batch(clean_db, payload).n_books == N_FRAMES  # what the first delivery committed
+    prefix = f"{broker_prefix}stored-{uuid.uuid4().hex[:4]}:"
+    worker = _worker(tmp_path, database_url, redis_url, prefix, BOOKFEED_INGEST_MAX_DELIVERIES="1")
+    try:
+        redis.Redis.from_url(redis_url).set(delivery_key(batch_id, key_prefix=prefix), 3)
+        make_celery_sender(redis_url, key_prefix=prefix)(PendingBatch(payload))
+        wait_for(lambda: any(r.get("mode") == "reject" for r in _log(tmp_path)), 30, "the reject step")
+        modes = [(r["mode"], r["deliveries"]) for r in _log(tmp_path) if r.get("logger") == "workers.deliveries"]
+        assert modes == [("reject", 4)]
+        assert _scalar(clean_db, "SELECT count(*) FROM rejected_messages") == 0
+        assert _scalar(clean_db, "SELECT count(*) FROM order_books") == N_FRAMES
     finally:
         stop_process(worker)
 

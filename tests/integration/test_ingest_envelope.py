@@ -15,7 +15,8 @@ from sqlalchemy import Engine, text
 from models.errors import InvalidBookError
 from models.messages import make_batch
 from tests.integration._frames import simple_book
-from workers.ingest import UNKNOWN_EXCHANGE, ingest_batch, reject_batch
+from workers.envelope import UNKNOWN_EXCHANGE
+from workers.ingest import ingest_batch, reject_batch
 from workers.storage import MAX_REJECTED_RAW_CHARS
 
 pytestmark = pytest.mark.integration
@@ -167,12 +168,30 @@ def test_unknown_exchange_refuses_the_batch_whole(clean_db: Engine, exchange: An
     with pytest.raises(InvalidBookError, match="unknown exchange") as info:
         ingest_batch(clean_db, payload)
     assert books(clean_db) == []
-    # What workers.tasks does with a batch it cannot read:
+    # What workers.deliveries does with a batch it cannot read:
     assert reject_batch(clean_db, payload, reason=f"unreadable batch: {info.value}") == 3
     got = rejected(clean_db)
     assert len(got) == 3 and {r.exchange for r in got} == {UNKNOWN_EXCHANGE}
     assert {r.reason for r in got} == {f"unreadable batch: {info.value}"}
     assert books(clean_db) == []
+
+
+def test_reject_batch_leaves_a_stored_batch_alone(clean_db: Engine) -> None:
+    # A batch committed by a delivery whose worker died before acknowledging it, redelivered past its budget, reaches
+    # reject_batch: it must not end both stored and rejected. And a rejected batch is never stored afterwards.
+    stored = batch_with([T0 + 50, "not json"], batch_id="stored-then-redelivered")
+    assert ingest_batch(clean_db, stored).n_books == 2
+    assert reject_batch(clean_db, stored, reason="delivered 9 times without being stored") == 0
+    assert books(clean_db) == [0, 1]
+    (only,) = rejected(clean_db)  # the frame the stored batch rejected itself
+    assert "delivered" not in only.reason
+    refused = batch_with(batch_id="rejected-then-redelivered")
+    assert reject_batch(clean_db, refused, reason="r") == 2
+    assert ingest_batch(clean_db, refused).duplicate
+    assert books(clean_db) == [0, 1]
+    with clean_db.connect() as conn:
+        claims = conn.execute(text("SELECT batch_id, n_books, n_rejected FROM ingest_batches ORDER BY 1")).all()
+    assert [tuple(c) for c in claims] == [("rejected-then-redelivered", 0, 2), ("stored-then-redelivered", 2, 1)]
 
 
 def test_unknown_exchange_reason_names_it() -> None:

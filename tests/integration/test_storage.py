@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import date
 from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
 from sqlalchemy import Engine, text
 
+from models.book import parse_frame
+from models.errors import DuplicateRowError
 from models.messages import make_batch
 from models.metrics import book_metrics
 from models.tables import book_snapshots
@@ -17,7 +20,7 @@ from tests.factories import make_book
 from tests.integration._frames import diff_depth_frame, fixture_frames, frame, simple_book
 from tests.unit.workers.test_storage_rows import ANY_TEXT
 from workers.ingest import ingest_batch
-from workers.storage import clean_text, to_rows
+from workers.storage import clean_text, copy_books, ensure_partitions, to_rows
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +95,19 @@ def test_frames_republished_in_another_batch_are_not_stored_twice(clean_db: Engi
     assert _count(clean_db, "SELECT count(*) FROM order_books") == 20
     assert _count(clean_db, "SELECT count(DISTINCT last_update_id) FROM order_books") == 20
     assert _count(clean_db, "SELECT count(*) FROM rejected_messages") == 1
+
+
+def test_copy_of_a_stored_frame_raises_our_duplicate_error(clean_db: Engine) -> None:
+    # Above workers.storage nothing sees psycopg2: a stored frame is a DuplicateRowError, and the COPY is void.
+    raw = simple_book(100, luid=1)
+    ingest_batch(clean_db, make_batch(batch_id="first", frames=[(T0, raw)]))
+    book = parse_frame(raw, received_ns=T0)
+    rows = to_rows([(book, book_metrics(book))], exchange="binance")
+    with clean_db.begin() as conn:
+        ensure_partitions(conn, [date(2026, 9, 21)])
+        with pytest.raises(DuplicateRowError, match="duplicate key"), conn.begin_nested():
+            copy_books(conn, rows)
+    assert _count(clean_db, "SELECT count(*) FROM order_books") == 1
 
 
 def test_bad_frames_are_recorded_with_reason_and_the_rest_is_stored(clean_db: Engine) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from workers.ingest import batch_key
+from workers.envelope import batch_key
 
 pytestmark = pytest.mark.unit
 

@@ -8,6 +8,7 @@ PipelineError
 │   └── RetriesExhaustedError        the reconnect budget is spent
 └── StorageError                     PostgreSQL side
     ├── DuplicateRowError            a row with the same identity is stored already
+    ├── PartitionRefusedError        a day too far from now for a partition (the function's own refusal)
     └── TransientStorageError        connection lost, server restarting: retry later
 """
 
@@ -19,6 +20,7 @@ __all__ = [
     "FeedError",
     "InvalidBookError",
     "MalformedPayloadError",
+    "PartitionRefusedError",
     "PipelineError",
     "RetriesExhaustedError",
     "StorageError",
@@ -66,6 +68,10 @@ class StorageError(PipelineError):
 
 class DuplicateRowError(StorageError):
     """A write met a row stored before under the same unique key (a frame re-published in another batch)."""
+
+
+class PartitionRefusedError(StorageError):
+    """bookfeed_ensure_partition refused a day (SQLSTATE 22008: outside today - 3650 .. today + 2)."""
 
 
 class TransientStorageError(StorageError):

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from models.errors import DuplicateRowError, StorageError, TransientStorageError
+from models.errors import DuplicateRowError, PartitionRefusedError, StorageError, TransientStorageError
 from workers import storage
 from workers.envelope import ParsedBatch, excerpt, parse_batch, refused_rows
 from workers.storage import Rejected
@@ -70,16 +70,15 @@ def _day(ns: int) -> date:
 
 
 def _with_partitions(engine: Engine, batch: ParsedBatch) -> ParsedBatch:
-    """Create the missing daily partitions, one transaction each. The books of a day PostgreSQL refuses a partition
-    for (a date it will not create) are rejected with its reason; the rest of the batch is stored."""
+    """Create the missing daily partitions, one transaction each. The books of a day the partition function refuses
+    (too far from now) are rejected with its reason; the rest of the batch is stored. Any other error (a revoked
+    grant, a missing function, an outage) propagates, so the batch is retried rather than its books rejected."""
     refused: dict[date, str] = {}
     for day in sorted({_day(b.received_ns) for b, _ in batch.books} - _known_days):
         try:
             with storage.translate_errors(), engine.begin() as conn:
                 storage.ensure_partitions(conn, [day])
-        except TransientStorageError:
-            raise
-        except StorageError as exc:
+        except PartitionRefusedError as exc:  # only the function's own refusal; other errors are retried
             refused[day] = f"no partition for {day}: {exc}"
             continue
         _known_days.add(day)

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
 
 from models.book import BookSnapshot
-from models.errors import DuplicateRowError, StorageError, TransientStorageError
+from models.errors import DuplicateRowError, PartitionRefusedError, StorageError, TransientStorageError
 from models.metrics import BookMetrics
 from models.tables import book_snapshots
 
@@ -44,6 +44,7 @@ __all__ = [
 _COLUMNS = ", ".join(c.name for c in book_snapshots.columns)
 _COPY_SQL = f"COPY {book_snapshots.name} ({_COLUMNS}) FROM STDIN"
 _STAGE = "bookfeed_stage"
+_DATETIME_FIELD_OVERFLOW = "22008"  # what bookfeed_ensure_partition raises for a day it will not create
 # COPY text format: backslash starts an escape, tab separates columns, newline and carriage return end a row.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _COPY_SPECIAL = frozenset("\\\t\n\r")
@@ -174,9 +175,17 @@ def _first_line(e: BaseException) -> str:
 
 
 def ensure_partitions(conn: Connection, days: Iterable[date]) -> None:
-    """Create the daily partitions of book_snapshots for `days` if missing (idempotent, race-safe)."""
+    """Create the daily partitions of book_snapshots for `days` if missing (idempotent, race-safe).
+
+    Raises PartitionRefusedError when the function refuses a day (SQLSTATE 22008); any other error is the caller's
+    to retry or report, never a reason to reject books."""
     for day in sorted(set(days)):
-        conn.execute(text("SELECT bookfeed_ensure_partition(:day)"), {"day": day})
+        try:
+            conn.execute(text("SELECT bookfeed_ensure_partition(:day)"), {"day": day})
+        except sa_exc.DBAPIError as e:
+            if getattr(e.orig, "pgcode", None) == _DATETIME_FIELD_OVERFLOW:
+                raise PartitionRefusedError(_first_line(e)) from e
+            raise
 
 
 def claim_batch(

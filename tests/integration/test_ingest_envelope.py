@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from models.errors import InvalidBookError
+from models.errors import InvalidBookError, StorageError
 from models.messages import make_batch
 from tests.integration._frames import simple_book
 from workers.envelope import UNKNOWN_EXCHANGE
@@ -244,15 +244,14 @@ def test_reject_batch_keeps_frames_and_cuts_only_huge_text(clean_db: Engine) -> 
 
 
 @pytest.fixture
-def refuse_far_partitions(clean_db: Engine) -> Iterator[Engine]:
-    """bookfeed_ensure_partition refusing days after 2200 (as one that refuses dates far from now does)."""
+def broken_partition_function(clean_db: Engine) -> Iterator[Engine]:
+    """bookfeed_ensure_partition failing for a reason of its own (as a revoked grant or a bug would)."""
     with clean_db.begin() as conn:
         conn.execute(text("ALTER FUNCTION bookfeed_ensure_partition(date) RENAME TO bookfeed_ensure_partition_real"))
         conn.execute(
             text(
                 "CREATE FUNCTION bookfeed_ensure_partition(day date) RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
-                "IF day > DATE '2200-01-01' THEN RAISE EXCEPTION 'day % is too far from now', day; END IF; "
-                "PERFORM bookfeed_ensure_partition_real(day); END $$"
+                "RAISE EXCEPTION 'something else went wrong'; END $$"
             )
         )
     try:
@@ -265,10 +264,17 @@ def refuse_far_partitions(clean_db: Engine) -> Iterator[Engine]:
             )
 
 
-def test_refused_partition_rejects_that_day_only(refuse_far_partitions: Engine) -> None:
-    far = YEAR_10000_NS - 86_400 * 10**9  # 9999-12-31
-    result = ingest_batch(refuse_far_partitions, batch_with([far, simple_book(5, luid=9)]))
+def test_refused_partition_rejects_that_day_only(clean_db: Engine) -> None:
+    far = YEAR_10000_NS - 86_400 * 10**9  # 9999-12-31: the partition function refuses it (too far from now)
+    result = ingest_batch(clean_db, batch_with([far, simple_book(5, luid=9)]))
     assert (result.n_books, result.n_rejected) == (2, 1)
-    assert books(refuse_far_partitions) == [0, 1]
-    [row] = rejected(refuse_far_partitions)
-    assert row.reason.startswith("no partition for 9999-12-31: ") and "too far from now" in row.reason
+    assert books(clean_db) == [0, 1]
+    [row] = rejected(clean_db)
+    assert row.reason.startswith("no partition for 9999-12-31: ") and "outside" in row.reason
+
+
+def test_other_partition_errors_are_raised_not_turned_into_rejections(broken_partition_function: Engine) -> None:
+    far = YEAR_10000_NS - 86_400 * 10**9
+    with pytest.raises(StorageError, match="something else went wrong"):
+        ingest_batch(broken_partition_function, batch_with([far, simple_book(5, luid=9)]))
+    assert books(broken_partition_function) == [] and rejected(broken_partition_function) == []

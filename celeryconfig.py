@@ -6,15 +6,17 @@ from __future__ import annotations
 from kombu.entity import Exchange, Queue
 
 from models.errors import ConfigError
-from models.messages import AVERAGES_TASK, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE, transport_options
+from models.messages import transport_options
 from models.settings import get_settings
+from models.vocabulary import AVERAGES_TASK, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE, QUEUES, WINDOWS_S
 
 try:
     _settings = get_settings()
+    # Required, as for the feed: a worker or beat quietly using some localhost Redis would serve nobody's queue.
+    broker_url = _settings.require_redis_url()
 except ConfigError as _exc:  # one readable line instead of a traceback from the celery command
     raise SystemExit(f"bookfeed: {_exc}") from None
 
-broker_url = _settings.redis_url or "redis://127.0.0.1:6379/0"
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     # A reserved but unacknowledged task (its worker died, or lost Redis) is redelivered after this long: far longer
@@ -49,7 +51,7 @@ task_default_queue = INGEST_QUEUE
 # makes them for an undeclared queue, so the feed (which declares nothing) publishes to the same bindings.
 task_queues = tuple(
     Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
-    for name in (INGEST_QUEUE, METRICS_QUEUE)
+    for name in QUEUES
 )
 task_routes = {
     INGEST_TASK: {"queue": INGEST_QUEUE},
@@ -62,18 +64,14 @@ task_send_sent_event = False
 worker_hijack_root_logger = False
 
 # Exactly one beat runs these (docker-compose pins beat to one replica). A second beat by mistake is harmless: the
-# tasks upsert the same rows. `expires` drops runs that could not start in time instead of piling them up.
+# tasks upsert the same rows. One entry per window size; `expires` (5/6 of the period) drops runs that could not
+# start in time instead of piling them up.
 beat_schedule = {
-    "price-averages-30s": {
+    f"price-averages-{w}s": {
         "task": AVERAGES_TASK,
-        "schedule": 30.0,
-        "kwargs": {"window_s": 30},
-        "options": {"expires": 25, "queue": METRICS_QUEUE},
-    },
-    "price-averages-60s": {
-        "task": AVERAGES_TASK,
-        "schedule": 60.0,
-        "kwargs": {"window_s": 60},
-        "options": {"expires": 50, "queue": METRICS_QUEUE},
-    },
+        "schedule": float(w),
+        "kwargs": {"window_s": w},
+        "options": {"expires": w * 5 // 6, "queue": METRICS_QUEUE},
+    }
+    for w in WINDOWS_S
 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from models.settings import Settings
+
 __all__ = ["Batcher", "Frame"]
 
 Frame = tuple[int, str]  # (received_ns, raw text)
@@ -29,6 +31,15 @@ class Batcher:
         self._frames: list[Frame] = []
         self._first_ns = 0
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, emit: Callable[[list[Frame]], None], clock_ns: Callable[[], int]
+    ) -> Batcher:
+        """The batcher `settings` describe (batch_max_frames, batch_max_wait_ms)."""
+        return cls(
+            max_frames=settings.batch_max_frames, max_wait_ms=settings.batch_max_wait_ms, emit=emit, clock_ns=clock_ns
+        )
 
     def add(self, frame: Frame) -> None:
         """Append a frame; emits the batch when it is full."""

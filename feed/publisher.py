@@ -20,17 +20,9 @@ from typing import Any
 from celery import Celery
 
 from feed.stream import peek
-from models.messages import (
-    EXCHANGE,
-    INGEST_QUEUE,
-    INGEST_TASK,
-    Batch,
-    FeedRejected,
-    Gap,
-    make_batch,
-    transport_options,
-)
+from models.messages import Batch, FeedRejected, Gap, make_batch, transport_options
 from models.settings import Settings
+from models.vocabulary import EXCHANGE, INGEST_QUEUE, INGEST_TASK
 
 __all__ = ["CelerySender", "PendingBatch", "Publisher", "PublisherStats", "broker_app", "make_celery_sender"]
 
@@ -118,6 +110,25 @@ class Publisher:
         self._next_hold_check = 0.0
         self._drops = 0
         self.stats = PublisherStats()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        send: Callable[[PendingBatch], None],
+        *,
+        feed_id: str | None = None,
+        broker_memory: Callable[[], tuple[int, int]] | None = None,
+    ) -> Publisher:
+        """The publisher `settings` describe (buffer_max_frames, buffer_max_bytes, broker_high_water)."""
+        return cls(
+            send,
+            max_buffered_frames=settings.buffer_max_frames,
+            max_buffered_bytes=settings.buffer_max_bytes,
+            feed_id=feed_id,
+            broker_memory=broker_memory,
+            high_water=settings.broker_high_water,
+        )
 
     def enqueue(self, frames: list[tuple[int, str]]) -> None:
         """Queue a batch (never blocks). A batch id is fixed here, so a re-sent batch is recognised downstream."""

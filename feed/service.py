@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -20,7 +19,7 @@ from feed.publisher import PendingBatch, Publisher, make_celery_sender
 from feed.stream import StreamClient, peek
 from models.settings import Settings
 
-__all__ = ["STATS_PREFIX", "FeedConfig", "read_feed_stats", "run_feed"]
+__all__ = ["STATS_PREFIX", "read_feed_stats", "run_feed"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,81 +28,27 @@ LAST_SEEN_KEY = "bookfeed:feed:last_seen"  # stream -> ns of its last frame, for
 _MAX_STATS_STREAMS = 1_024  # per-stream counts copied into the stats snapshot (Binance allows 1,024 streams)
 
 
-def _default(name: str) -> Any:
-    """Defaults live only in Settings: FeedConfig repeats none of the numbers."""
-    return Settings.model_fields[name].default
-
-
-@dataclass(frozen=True, slots=True)
-class FeedConfig:
-    url: str
-    redis_url: str
-    batch_max_frames: int = _default("batch_max_frames")
-    batch_max_wait_ms: int = _default("batch_max_wait_ms")
-    buffer_max_frames: int = _default("buffer_max_frames")
-    buffer_max_bytes: int = _default("buffer_max_bytes")
-    broker_high_water: float = _default("broker_high_water")
-    silence_timeout_s: float = _default("silence_timeout_s")
-    max_connection_age_s: float = _default("max_connection_age_s")
-    max_frame_bytes: int = _default("max_frame_bytes")
-    max_reconnect_attempts: int = _default("max_reconnect_attempts")
-    duration_s: float | None = None
-    stall_timeout_s: float = _default("stall_timeout_s")
-    key_prefix: str = _default("broker_key_prefix")  # Redis key prefix shared with the workers
-    ledger_path: str | None = None  # audit: one line per forwarded frame (received_ns, stream, lastUpdateId)
-
-    @classmethod
-    def from_settings(cls, s: Settings, *, url: str, duration_s: float | None = None) -> FeedConfig:
-        """The feed's slice of `s` (REDIS_URL required); `url` is the combined-stream URL built from it."""
-        return cls(
-            url=url,
-            redis_url=s.require_redis_url(),
-            batch_max_frames=s.batch_max_frames,
-            batch_max_wait_ms=s.batch_max_wait_ms,
-            buffer_max_frames=s.buffer_max_frames,
-            buffer_max_bytes=s.buffer_max_bytes,
-            broker_high_water=s.broker_high_water,
-            silence_timeout_s=s.silence_timeout_s,
-            max_connection_age_s=s.max_connection_age_s,
-            max_frame_bytes=s.max_frame_bytes,
-            max_reconnect_attempts=s.max_reconnect_attempts,
-            duration_s=duration_s,
-            stall_timeout_s=s.stall_timeout_s,
-            key_prefix=s.broker_key_prefix,
-            ledger_path=s.ledger_path,
-        )
-
-
 def run_feed(
-    cfg: FeedConfig,
+    settings: Settings,
     *,
+    duration_s: float | None = None,
     stop: threading.Event | None = None,
     send: Callable[[PendingBatch], None] | None = None,
     install_signals: bool = True,
 ) -> dict[str, Any]:
-    """Run until `stop` is set, SIGTERM/SIGINT, or `duration_s`; then publish what is buffered and return stats."""
+    """Run the feed `settings` describe (REDIS_URL required) until `stop` is set, SIGTERM/SIGINT, or `duration_s`;
+    then publish what is buffered and return stats. `send` replaces the Celery sender (tests)."""
     stop = stop or threading.Event()
     feed_id = uuid.uuid4().hex[:12]
-    sender = make_celery_sender(cfg.redis_url, key_prefix=cfg.key_prefix)
-    publisher = Publisher(
-        send or sender,
-        max_buffered_frames=cfg.buffer_max_frames,
-        max_buffered_bytes=cfg.buffer_max_bytes,
-        feed_id=feed_id,
-        # The high-water check asks the sender's Redis even when a test injects `send`: same URL, same options.
-        broker_memory=sender.memory,
-        high_water=cfg.broker_high_water,
-    )
-    batcher = Batcher(
-        max_frames=cfg.batch_max_frames,
-        max_wait_ms=cfg.batch_max_wait_ms,
-        emit=publisher.enqueue,
-        clock_ns=time.monotonic_ns,
-    )
+    redis_url, key_prefix = settings.require_redis_url(), settings.broker_key_prefix
+    sender = make_celery_sender(redis_url, key_prefix=key_prefix)
+    # The high-water check asks the sender's Redis even when a test injects `send`: same URL, same options.
+    publisher = Publisher.from_settings(settings, send or sender, feed_id=feed_id, broker_memory=sender.memory)
+    batcher = Batcher.from_settings(settings, emit=publisher.enqueue, clock_ns=time.monotonic_ns)
     gaps = 0
     # Live stats and last-seen times (best effort; the publisher has its own connection for the batches).
-    state = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
-    last_seen_key = cfg.key_prefix + LAST_SEEN_KEY
+    state = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    last_seen_key = key_prefix + LAST_SEEN_KEY
 
     def on_gap(stream: str, start_ns: int, end_ns: int, reason: str) -> None:
         nonlocal gaps
@@ -111,27 +56,22 @@ def run_feed(
         publisher.enqueue_gap((stream, start_ns, end_ns, reason))
         logger.warning("gap of %.1fs on %s (%s)", (end_ns - start_ns) / 1e9, stream, reason)
 
-    ledger = open(cfg.ledger_path, "a", buffering=1 << 16) if cfg.ledger_path else None  # noqa: SIM115
-
     def on_frame(received_ns: int, raw: str) -> None:
         if ledger is not None:
             stream, luid = peek(raw)
             ledger.write(f"{received_ns}\t{stream or ''}\t{'' if luid is None else luid}\n")
         batcher.add((received_ns, raw))
 
-    client = StreamClient(
-        cfg.url,
+    client = StreamClient.from_settings(
+        settings,
         on_frame=on_frame,
         on_gap=on_gap,
         on_reject=publisher.enqueue_rejected,
         # Where the previous feed process left off: the time until our first frame is a gap.
         last_seen=_load_last_seen(state, last_seen_key),
-        stall_timeout_s=cfg.stall_timeout_s,
-        silence_timeout_s=cfg.silence_timeout_s,
-        max_connection_age_s=cfg.max_connection_age_s,
-        max_frame_bytes=cfg.max_frame_bytes,
-        max_reconnect_attempts=cfg.max_reconnect_attempts,
     )
+    # Audit (make chaos): one line per forwarded frame (received_ns, stream, lastUpdateId).
+    ledger = open(settings.ledger_path, "a", buffering=1 << 16) if settings.ledger_path else None  # noqa: SIM115
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -139,7 +79,7 @@ def run_feed(
     pub_stop = threading.Event()
     pub_thread = threading.Thread(target=publisher.run, args=(pub_stop,), name="publisher", daemon=True)
     pub_thread.start()
-    stats_key = cfg.key_prefix + STATS_PREFIX + feed_id
+    stats_key = key_prefix + STATS_PREFIX + feed_id
 
     def snapshot() -> dict[str, Any]:
         s, p = client.stats, publisher.stats
@@ -183,8 +123,8 @@ def run_feed(
 
     tick = threading.Thread(target=ticker, name="ticker", daemon=True)
     tick.start()
-    if cfg.duration_s is not None:
-        timer = threading.Timer(cfg.duration_s, stop.set)
+    if duration_s is not None:
+        timer = threading.Timer(duration_s, stop.set)
         timer.daemon = True
         timer.start()
     try:

@@ -17,8 +17,9 @@ import orjson
 import websocket
 from websocket._abnf import ABNF, continuous_frame, frame_buffer
 
-from models.book import MAX_FRAME_BYTES
 from models.errors import ConfigError, RetriesExhaustedError
+from models.settings import ReconnectPolicy, Settings
+from models.vocabulary import MAX_FRAME_BYTES, Speed, stream_name
 
 __all__ = ["OTHER_STREAMS", "StreamClient", "StreamStats", "build_url", "peek"]
 
@@ -33,7 +34,7 @@ OTHER_STREAMS = "?"  # the one per_stream counter for frames of streams not subs
 _DATA_OPCODES = (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT)
 
 
-def build_url(url: str, *, symbols: tuple[str, ...], depth: int, speed: str) -> str:
+def build_url(url: str, *, symbols: tuple[str, ...], depth: int, speed: Speed) -> str:
     """A combined-stream URL. A URL that already names streams (`/stream?streams=a/b`) is kept; `/ws/<stream>` is
     turned into its combined form; a bare endpoint (`wss://host:port`) gets the streams of `symbols`."""
     parts = urlsplit(url)
@@ -48,8 +49,7 @@ def build_url(url: str, *, symbols: tuple[str, ...], depth: int, speed: str) -> 
     if "/ws/" in path + "/" and path.rsplit("/ws", 1)[1].strip("/"):
         base, stream = path.rsplit("/ws/", 1)
         return urlunsplit((parts.scheme, parts.netloc, f"{base}/stream", f"streams={stream}", ""))
-    suffix = "@100ms" if speed == "100ms" else ""
-    streams = "/".join(f"{s.lower()}@depth{depth}{suffix}" for s in symbols)
+    streams = "/".join(stream_name(s, depth, speed) for s in symbols)
     base = path[: -len("/ws")] if path.endswith("/ws") else path
     return urlunsplit((parts.scheme, parts.netloc, f"{base}/stream", f"streams={streams}", ""))
 
@@ -210,9 +210,10 @@ class StreamClient:
     server reset: the frame is forwarded and the stream restarts from it. Only subscribed streams have state;
     frames of others are forwarded and counted under OTHER_STREAMS. `on_gap(stream, start_ns, end_ns, reason)`
     is told of every interval in which a stream may have lost data: a reconnect, a stall (no frame for
-    `stall_timeout_s`), an id reset, a feed restart (streams passed in `last_seen`, e.g. from the previous process;
-    a stream without one gets a short "feed started" gap at its first frame), each running from the stream's last
-    frame to its next one; and, when `run` returns, "feed stopped" from each stream's last frame to then.
+    `policy.stall_timeout_s`), an id reset, a feed restart (streams passed in `last_seen`, e.g. from the previous
+    process; a stream without one gets a short "feed started" gap at its first frame), each running from the stream's
+    last frame to its next one; and, when `run` returns, "feed stopped" from each stream's last frame to then.
+    Timeouts, the connection lifetime and the backoff come from `policy` (Settings.reconnect_policy).
     A message over `max_frame_bytes` bytes (all fragments together) is not forwarded but passed to
     `on_reject(received_ns, reason, excerpt)`, the excerpt being its first 1024 characters.
     """
@@ -225,23 +226,20 @@ class StreamClient:
         on_gap: Callable[[str, int, int, str], None] | None = None,
         on_reject: Callable[[int, str, str], None] | None = None,
         last_seen: dict[str, int] | None = None,
-        silence_timeout_s: float = 30.0,
-        stall_timeout_s: float = 10.0,
-        max_connection_age_s: float = 23.5 * 3600,
+        policy: ReconnectPolicy | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
-        max_reconnect_attempts: int = 0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.url = url
         self._on_frame = on_frame
         self._on_gap = on_gap
         self._on_reject = on_reject
-        self._silence_ns = int(silence_timeout_s * 1e9)
-        self._max_age_ns = int(max_connection_age_s * 1e9)
+        self.policy = policy = policy or ReconnectPolicy.default()
+        self._silence_ns = int(policy.silence_timeout_s * 1e9)
+        self._max_age_ns = int(policy.max_connection_age_s * 1e9)
         self._max_frame_bytes = max_frame_bytes
-        self._max_attempts = max_reconnect_attempts
         self._clock_ns = clock_ns
-        self._stall_ns = int(stall_timeout_s * 1e9)
+        self._stall_ns = int(policy.stall_timeout_s * 1e9)
         self._last: dict[str, int] = {}
         self.streams = _streams_of(url)
         self._subscribed = frozenset(self.streams)
@@ -254,9 +252,31 @@ class StreamClient:
         self._gap_lock = threading.Lock()  # the reader and the ticker both touch interruptions
         self.stats = StreamStats()
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        on_frame: Callable[[int, str], None],
+        on_gap: Callable[[str, int, int, str], None] | None = None,
+        on_reject: Callable[[int, str, str], None] | None = None,
+        last_seen: dict[str, int] | None = None,
+    ) -> StreamClient:
+        """The client of the feed `settings` describe: its URL (see build_url), reconnect policy and message cap."""
+        url = build_url(settings.url, symbols=settings.symbols, depth=settings.depth, speed=settings.speed)
+        return cls(
+            url,
+            on_frame=on_frame,
+            on_gap=on_gap,
+            on_reject=on_reject,
+            last_seen=last_seen,
+            policy=settings.reconnect_policy,
+            max_frame_bytes=settings.max_frame_bytes,
+        )
+
     def run(self, stop: threading.Event) -> None:
         """Read until `stop` is set, then report "feed stopped" gaps. Raises RetriesExhaustedError after
-        `max_reconnect_attempts` failed connects in a row (0: never give up)."""
+        `policy.max_reconnect_attempts` failed connects in a row (0: never give up)."""
         try:
             self._run(stop)
         finally:
@@ -269,11 +289,11 @@ class StreamClient:
                 ws, buf = self._connect()
             except Exception as exc:  # refused, DNS, TLS, handshake: all are "try again later"
                 failures += 1
-                if self._max_attempts and failures >= self._max_attempts:
+                if self.policy.max_reconnect_attempts and failures >= self.policy.max_reconnect_attempts:
                     raise RetriesExhaustedError(
                         f"could not connect to {self._safe_url()}: {exc}", attempts=failures
                     ) from exc
-                delay = min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * random.uniform(0.5, 1.0)
+                delay = self.policy.backoff_s(failures) * random.uniform(0.5, 1.0)
                 logger.warning("connect failed (%s); retry %d in %.1fs", exc, failures, delay)
                 stop.wait(delay)
                 continue

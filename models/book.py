@@ -18,23 +18,13 @@ from typing import Any
 import orjson
 
 from models.errors import MalformedPayloadError
+from models.vocabulary import MAX_FRAME_BYTES, StreamName, parse_stream_name
 
-__all__ = [
-    "MAX_FRAME_BYTES",
-    "MAX_LEVELS",
-    "BookSnapshot",
-    "Side",
-    "StreamName",
-    "parse_frame",
-    "parse_stream_name",
-]
+# parse_stream_name lives in models.vocabulary; re-exported here only until workers/envelope.py and workers/audit.py
+# import it from there.
+__all__ = ["BookSnapshot", "Side", "parse_frame", "parse_stream_name"]
 
-MAX_LEVELS = 20
-# A depth20 frame is about 1.5 KB; anything far larger is hostile or not a partial book.
-MAX_FRAME_BYTES = 64 * 1024
 _MAX_LAST_UPDATE_ID = 2**63 - 1
-
-_STREAM_RE = re.compile(r"([a-z0-9]{2,20})@depth(5|10|20)(?:@(100ms|1000ms))?")
 # Plain decimal strings only: no sign, exponent, NaN or Infinity; at most 20 digits either side of the point.
 _NUMBER = r"(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?"
 _NUMBERS_RE = re.compile(rf"{_NUMBER}(?:\|{_NUMBER})*")
@@ -51,14 +41,6 @@ class Side(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class StreamName:
-    """A parsed partial-depth stream name such as ``btcusdt@depth20@100ms``."""
-
-    symbol: str  # upper case, e.g. BTCUSDT
-    depth: int  # 5, 10 or 20
-
-
-@dataclass(frozen=True, slots=True)
 class BookSnapshot:
     """One partial order book exactly as sent: prices and quantities are the venue's decimal strings."""
 
@@ -70,14 +52,6 @@ class BookSnapshot:
     bid_quantities: tuple[str, ...]
     ask_prices: tuple[str, ...]
     ask_quantities: tuple[str, ...]
-
-
-def parse_stream_name(stream: str) -> StreamName:
-    """Parse ``<symbol>@depth<5|10|20>[@100ms|@1000ms]``; raises MalformedPayloadError for any other stream."""
-    m = _STREAM_RE.fullmatch(stream)
-    if m is None:
-        raise MalformedPayloadError(f"unknown stream {stream[:60]!r}: not a <symbol>@depth<5|10|20> stream")
-    return StreamName(symbol=m.group(1).upper(), depth=int(m.group(2)))
 
 
 def parse_frame(raw: str | bytes, *, received_ns: int) -> BookSnapshot:

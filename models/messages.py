@@ -1,6 +1,6 @@
-"""Wire contract between the feed and the workers: task names, queues and the batch payload shape.
+"""Wire contract between the feed and the workers: the batch payload shape (task and queue names: models.vocabulary).
 
-A batch is a JSON object ``{"v": 1, "exchange": "binance", "batch_id": str, "frames": [[received_ns, raw], ...]}``:
+A batch is a JSON object ``{"v": 1, "exchange": EXCHANGE, "batch_id": str, "frames": [[received_ns, raw], ...]}``:
 ``received_ns`` is the feed's receive time (int, ns since the Unix epoch, UTC) and ``raw`` the frame text exactly as
 the websocket delivered it (a combined-stream wrapper ``{"stream": ..., "data": ...}``). Parsing happens once,
 in the worker. Optional keys: ``gaps`` (intervals in which a stream may have lost data) and ``rejected`` (messages
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Final, NotRequired, TypedDict
+
+# The names live in models.vocabulary; re-exported here only until every call site imports them from there.
+from models.vocabulary import AVERAGES_TASK, EXCHANGE, EXCHANGES, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE
 
 __all__ = [
     "AVERAGES_TASK",
@@ -27,16 +30,7 @@ __all__ = [
     "transport_options",
 ]
 
-EXCHANGE: Final = "binance"
-# Every exchange a batch may name; anything else is a foreign producer's batch and is refused.
-EXCHANGES: Final = frozenset({EXCHANGE})
 PAYLOAD_VERSION: Final = 1
-
-INGEST_TASK: Final = "bookfeed.ingest_batch"
-AVERAGES_TASK: Final = "bookfeed.compute_averages"
-
-INGEST_QUEUE: Final = "ingest"
-METRICS_QUEUE: Final = "metrics"
 
 
 class Batch(TypedDict):

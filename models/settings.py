@@ -1,24 +1,55 @@
-"""The one settings object: every environment variable bookfeed reads, typed and validated.
+"""The one settings object: every environment variable bookfeed reads, typed and validated, with its default.
 
-Only entry points call `get_settings()`; code below them receives plain values.
+Only entry points call `get_settings()`; code below them receives the Settings object (or a frozen slice of it, such
+as `ReconnectPolicy`), never a copy made field by field. Each field names the processes that read it (`used_by`):
+tests/unit/test_settings_documented.py checks that the README documents every field and that docker-compose.yml
+passes each one to every service running a process that reads it.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.book import MAX_FRAME_BYTES
 from models.errors import ConfigError
+from models.vocabulary import (
+    DEFAULT_DEPTH,
+    DEFAULT_SPEED,
+    DEFAULT_SYMBOLS,
+    DEPTHS,
+    LIVE_URL,
+    MAX_FRAME_BYTES,
+    Speed,
+    normalise_symbol,
+)
 
-__all__ = ["DEFAULT_SYMBOLS", "LIVE_URL", "Settings", "get_settings", "normalise_database_url"]
+__all__ = [
+    "PROCESSES",
+    "ReconnectPolicy",
+    "Settings",
+    "env_name",
+    "get_settings",
+    "load_settings",
+    "normalise_database_url",
+    "used_by",
+]
 
-LIVE_URL = "wss://stream.binance.com:9443"
-DEFAULT_SYMBOLS = ("btcusdt", "ethusdt", "bnbusdt")
+# The processes that read settings. `up` is the local all-in-one stack (`bookfeed up`), which hands its environment
+# to every process it starts; a setting only it reads is listed under it alone.
+FEED, WORKER, BEAT, FLOWER, MIGRATE, UP = "feed", "worker", "beat", "flower", "migrate", "up"
+PROCESSES = frozenset({FEED, WORKER, BEAT, FLOWER, MIGRATE, UP})
+_CELERY = (WORKER, BEAT, FLOWER)  # every `celery -A workers ...` process loads celeryconfig
+_ALL = (FEED, WORKER, BEAT, FLOWER, MIGRATE)
+
+
+def _setting(default: Any, *, used_by: tuple[str, ...], **constraints: Any) -> Any:
+    """A Settings field with its default, its constraints and the processes that read it."""
+    return Field(default=default, json_schema_extra={"used_by": list(used_by)}, **constraints)
 
 
 def normalise_database_url(url: str) -> str:
@@ -29,6 +60,28 @@ def normalise_database_url(url: str) -> str:
     raise ValueError("DATABASE_URL must start with postgresql:// (or postgres://)")
 
 
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """When the feed's websocket gives up on a connection, and how it tries again (see feed.stream.StreamClient).
+    Built from Settings by `Settings.reconnect_policy`; the backoff is not configurable."""
+
+    silence_timeout_s: float  # no complete message this long: reconnect
+    stall_timeout_s: float  # one stream silent this long while connected: a gap
+    max_connection_age_s: float  # planned reconnect before the server's connection lifetime ends
+    max_reconnect_attempts: int  # failed connects in a row before giving up; 0: retry forever
+    backoff_base_s: float = 0.5  # delay after the first failed connect, doubled after each further one...
+    backoff_cap_s: float = 30.0  # ...up to this (each delay then drawn uniformly from its upper half)
+
+    @classmethod
+    def default(cls) -> ReconnectPolicy:
+        """The policy of the Settings defaults (the environment is not read)."""
+        return Settings.model_construct().reconnect_policy
+
+    def backoff_s(self, failures: int) -> float:
+        """The longest delay after `failures` failed connects in a row (>= 1)."""
+        return min(self.backoff_cap_s, self.backoff_base_s * 2.0 ** min(failures - 1, 32))
+
+
 class Settings(BaseSettings):
     """Read from the environment (and a local .env): DATABASE_URL, REDIS_URL and BOOKFEED_*."""
 
@@ -37,51 +90,65 @@ class Settings(BaseSettings):
     )
 
     # Unset means "start the embedded server" for `bookfeed up`; workers and the feed require them.
-    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
-    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    database_url: str | None = _setting(None, used_by=(WORKER, BEAT, MIGRATE), validation_alias="DATABASE_URL")
+    redis_url: str | None = _setting(None, used_by=(FEED, *_CELERY), validation_alias="REDIS_URL")
 
-    url: str = LIVE_URL
-    symbols: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SYMBOLS
-    depth: int = 20  # 5, 10 or 20
-    speed: Literal["1000ms", "100ms"] = "1000ms"
+    # The feed: what to subscribe to (symbols upper case, as everywhere; see models.vocabulary).
+    url: str = _setting(LIVE_URL, used_by=(FEED,))
+    symbols: Annotated[tuple[str, ...], NoDecode] = _setting(DEFAULT_SYMBOLS, used_by=(FEED,))
+    depth: int = _setting(DEFAULT_DEPTH, used_by=(FEED,))  # 5, 10 or 20
+    speed: Speed = _setting(DEFAULT_SPEED, used_by=(FEED,))
 
-    batch_max_frames: int = Field(default=200, ge=1, le=10_000)
-    batch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
-    buffer_max_frames: int = Field(default=200_000, ge=1_000)
+    batch_max_frames: int = _setting(200, used_by=(FEED,), ge=1, le=10_000)
+    batch_max_wait_ms: int = _setting(100, used_by=(FEED,), ge=1, le=60_000)
+    buffer_max_frames: int = _setting(200_000, used_by=(FEED,), ge=1_000)
     # The feed's outage buffer is bounded in bytes too (frame text), whichever limit is reached first.
-    buffer_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    buffer_max_bytes: int = _setting(256 * 1024 * 1024, used_by=(FEED,), ge=1024 * 1024)
     # Largest websocket message the feed accepts (bytes, the whole message however fragmented); larger ones are
     # recorded as rejected. Workers refuse frames over MAX_FRAME_BYTES, so a larger value is refused.
-    max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, ge=4096, le=MAX_FRAME_BYTES)
+    max_frame_bytes: int = _setting(MAX_FRAME_BYTES, used_by=(FEED,), ge=4096, le=MAX_FRAME_BYTES)
     # The feed stops publishing while Redis uses more than this fraction of its maxmemory, keeping the rest free
     # for workers to republish retries (a retry that cannot be published must never lose its batch).
-    broker_high_water: float = Field(default=0.8, gt=0, le=1)
-    silence_timeout_s: float = Field(default=30.0, gt=0)
-    stall_timeout_s: float = Field(default=10.0, gt=0)  # one stream silent this long while connected: a gap
-    max_connection_age_s: float = Field(default=23.5 * 3600, gt=0)
-    max_reconnect_attempts: int = Field(default=0, ge=0)  # 0: retry forever
+    broker_high_water: float = _setting(0.8, used_by=(FEED,), gt=0, le=1)
+    # The reconnect policy (Settings.reconnect_policy).
+    silence_timeout_s: float = _setting(30.0, used_by=(FEED,), gt=0)
+    stall_timeout_s: float = _setting(10.0, used_by=(FEED,), gt=0)  # one stream silent this long while connected
+    max_connection_age_s: float = _setting(23.5 * 3600, used_by=(FEED,), gt=0)
+    max_reconnect_attempts: int = _setting(0, used_by=(FEED,), ge=0)  # 0: retry forever
+    ledger_path: str | None = _setting(None, used_by=(FEED,))  # audit file: one line per forwarded frame (chaos)
 
-    averages_grace_s: float = Field(default=5.0, ge=0)
-    averages_lookback_s: float = Field(default=600.0, gt=0)
-    ingest_max_retries: int = Field(default=30, ge=0)  # PostgreSQL-unavailable retries of one batch
-    ingest_poison_retries: int = Field(default=3, ge=0)  # retries after an unexpected error in one batch
+    # Workers and beat.
+    averages_grace_s: float = _setting(5.0, used_by=(WORKER,), ge=0)
+    averages_lookback_s: float = _setting(600.0, used_by=(WORKER,), gt=0)
+    ingest_max_retries: int = _setting(30, used_by=(WORKER,), ge=0)  # PostgreSQL-unavailable retries of one batch
+    ingest_poison_retries: int = _setting(3, used_by=(WORKER,), ge=0)  # retries after an unexpected error
     # Deliveries of one batch (counted in Redis, so a batch that kills its worker is counted too) before it is
     # stored frame by frame; two deliveries more and its frames are recorded as rejected without parsing.
-    ingest_max_deliveries: int = Field(default=5, ge=1)
+    ingest_max_deliveries: int = _setting(5, used_by=(WORKER,), ge=1)
     # Beat logs a WARNING while the newest closed averages window is older than this (no worker on `metrics`?).
-    averages_stale_s: float = Field(default=180.0, gt=0)
-    visibility_timeout_s: int = Field(default=300, ge=10)
-    broker_key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
-    # Optional logins `bookfeed migrate` creates for least-privilege access (docker-compose sets them).
-    worker_db_user: str = Field(default="", max_length=63)
-    worker_db_password: SecretStr = SecretStr("")
-    reader_db_user: str = Field(default="", max_length=63)
-    reader_db_password: SecretStr = SecretStr("")
-    ledger_path: str | None = None  # feed audit file: one line per forwarded frame (chaos suite)
+    averages_stale_s: float = _setting(180.0, used_by=(BEAT,), gt=0)
+    visibility_timeout_s: int = _setting(300, used_by=_CELERY, ge=10)
+    broker_key_prefix: str = _setting("", used_by=(FEED, *_CELERY), max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
 
-    data_dir: Path = Path(".bookfeed")
-    log_format: Literal["auto", "json", "text"] = "auto"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Optional logins `bookfeed migrate` creates for least-privilege access (docker-compose sets them).
+    worker_db_user: str = _setting("", used_by=(MIGRATE,), max_length=63)
+    worker_db_password: SecretStr = _setting(SecretStr(""), used_by=(MIGRATE,))
+    reader_db_user: str = _setting("", used_by=(MIGRATE,), max_length=63)
+    reader_db_password: SecretStr = _setting(SecretStr(""), used_by=(MIGRATE,))
+
+    data_dir: Path = _setting(Path(".bookfeed"), used_by=(UP,))
+    log_format: Literal["auto", "json", "text"] = _setting("auto", used_by=_ALL)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _setting("INFO", used_by=_ALL)
+
+    @property
+    def reconnect_policy(self) -> ReconnectPolicy:
+        """The feed's reconnect knobs as one frozen object."""
+        return ReconnectPolicy(
+            silence_timeout_s=self.silence_timeout_s,
+            stall_timeout_s=self.stall_timeout_s,
+            max_connection_age_s=self.max_connection_age_s,
+            max_reconnect_attempts=self.max_reconnect_attempts,
+        )
 
     @field_validator("database_url")
     @classmethod
@@ -98,20 +165,18 @@ class Settings(BaseSettings):
     @field_validator("symbols", mode="before")
     @classmethod
     def _symbols(cls, v: object) -> tuple[str, ...]:
+        """Comma-separated or a sequence, any case: upper case, the symbol vocabulary (``btcusdt`` -> ``BTCUSDT``)."""
         items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
-        symbols = tuple(dict.fromkeys(str(s).strip().lower() for s in items if str(s).strip()))
+        symbols = tuple(dict.fromkeys(normalise_symbol(str(s)) for s in items if str(s).strip()))
         if not symbols:
             raise ValueError("at least one symbol is required")
-        for s in symbols:
-            if not (2 <= len(s) <= 20 and s.isascii() and s.isalnum()):
-                raise ValueError(f"symbol {s!r} is not 2-20 letters or digits")
         return symbols
 
     @field_validator("depth")
     @classmethod
     def _depth(cls, v: int) -> int:
-        if v not in (5, 10, 20):
-            raise ValueError("depth must be 5, 10 or 20")
+        if v not in DEPTHS:
+            raise ValueError(f"depth must be one of {', '.join(map(str, DEPTHS))}")
         return v
 
     @field_validator("url")
@@ -139,9 +204,21 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "settings"
-        aliases = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
-        name = aliases.get(where.lower(), f"BOOKFEED_{where.upper()}")
+        name = env_name(where.lower()) if where.lower() in Settings.model_fields else f"BOOKFEED_{where.upper()}"
         raise ConfigError(f"invalid {name}: {err['msg']}") from None
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a Settings field: its alias (DATABASE_URL) or BOOKFEED_<NAME>."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"BOOKFEED_{field.upper()}"
+
+
+def used_by(field: str) -> frozenset[str]:
+    """The processes (PROCESSES) that read a Settings field."""
+    extra = Settings.model_fields[field].json_schema_extra
+    names = extra.get("used_by", []) if isinstance(extra, dict) else []
+    return frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""30 s and 1 min average prices: recompute closed windows idempotently (upsert), catching up on late rows.
+"""Average prices per window (beat runs one task per size in models.vocabulary.WINDOWS_S: 30 s and 1 min):
+recompute closed windows idempotently (upsert), catching up on late rows.
 
 A window [start, start + w) is aligned to epoch multiples of w and computed once its end plus a grace has passed.
 Each run recomputes (1) every window since the previous run's end, minus a lookback, and (2) every window that

@@ -14,7 +14,8 @@ config = context.config
 
 
 def _url() -> str:
-    # A URL given by the caller (tests, `bookfeed migrate --database-url`) wins over the environment.
+    # The URL workers.schema.alembic_config puts in the config (`bookfeed migrate`, `bookfeed up`, the tests) wins;
+    # DATABASE_URL only serves a config built without one.
     return config.attributes.get("url") or get_settings().require_database_url()
 
 

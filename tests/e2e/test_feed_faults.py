@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from feed.service import FeedConfig, run_feed
-from feed.sim import SimConfig, SimulatorThread
+from feed.service import run_feed
+from models.settings import Settings
+from simulator import SimConfig, SimulatorThread
 from tests.services import wait_for
 from workers.audit import check_ledger, duplicated_books, read_ledger
 
@@ -24,15 +25,15 @@ def test_drops_and_stalls_become_gaps_and_lose_nothing(
     ledger = tmp_path / "ledger.tsv"
     streams = ["btcusdt@depth20@100ms", "ethusdt@depth10@100ms"]
     with SimulatorThread(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), seed=3)) as sim:
-        cfg = FeedConfig(
+        settings = Settings(
             url=sim.url(streams),
             redis_url=redis_url,
-            key_prefix=f"{broker_prefix}",
+            broker_key_prefix=broker_prefix,
             stall_timeout_s=1.5,
             ledger_path=str(ledger),
         )
         stop = threading.Event()
-        feed = threading.Thread(target=run_feed, args=(cfg,), kwargs={"stop": stop, "install_signals": False})
+        feed = threading.Thread(target=run_feed, args=(settings,), kwargs={"stop": stop, "install_signals": False})
         feed.start()
         time.sleep(2)
         assert sim.drop_all() == 1  # the socket dies without a close frame

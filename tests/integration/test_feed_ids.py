@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import Engine, text
 from websockets.sync.server import Server, ServerConnection, serve
 
-from feed.service import FeedConfig, run_feed
+from feed.service import run_feed
+from models.settings import Settings
 from tests.factories import make_frame
 from tests.services import wait_for
 
@@ -43,11 +44,13 @@ def test_a_stream_that_received_an_absurd_id_goes_on_being_stored(
     server: Server, redis_url: str, broker_prefix: str, worker: Path, clean_db: Engine
 ) -> None:
     port = server.socket.getsockname()[1]
-    cfg = FeedConfig(
-        url=f"ws://127.0.0.1:{port}/stream?streams=btcusdt@depth20", redis_url=redis_url, key_prefix=broker_prefix
+    settings = Settings(
+        url=f"ws://127.0.0.1:{port}/stream?streams=btcusdt@depth20",
+        redis_url=redis_url,
+        broker_key_prefix=broker_prefix,
     )
     stop = threading.Event()
-    feed = threading.Thread(target=run_feed, args=(cfg,), kwargs={"stop": stop, "install_signals": False})
+    feed = threading.Thread(target=run_feed, args=(settings,), kwargs={"stop": stop, "install_signals": False})
     feed.start()
     try:
 

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import redis
 
-from feed.embedded import EmbeddedRedis
 from feed.publisher import PendingBatch, Publisher, make_celery_sender
-from feed.service import LAST_SEEN_KEY, FeedConfig, read_feed_stats, run_feed
-from feed.sim import SimConfig, SimulatorThread
+from feed.service import LAST_SEEN_KEY, read_feed_stats, run_feed
 from models.messages import INGEST_QUEUE
+from models.settings import Settings
+from simulator import SimConfig, SimulatorThread
+from stack.embedded import EmbeddedRedis
 from tests.services import wait_for
 
 pytestmark = pytest.mark.integration
@@ -85,11 +86,13 @@ def test_feed_sends_its_own_rejections_and_keeps_only_subscribed_state(redis_url
     sent: list[PendingBatch] = []
     client = redis.Redis.from_url(redis_url)
     with SimulatorThread(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), rate=40)) as sim:
-        cfg = FeedConfig(url=sim.url([big, small]), redis_url=redis_url, key_prefix=prefix, max_frame_bytes=800)
+        settings = Settings(url=sim.url([big, small]), redis_url=redis_url, broker_key_prefix=prefix)
+        # A cap below the settings' minimum (4096), so that every depth20 book is over it: unvalidated on purpose.
+        settings = settings.model_copy(update={"max_frame_bytes": 800})
         stop = threading.Event()
         result: dict[str, Any] = {}
         feed = threading.Thread(
-            target=lambda: result.update(run_feed(cfg, stop=stop, send=sent.append, install_signals=False))
+            target=lambda: result.update(run_feed(settings, stop=stop, send=sent.append, install_signals=False))
         )
         feed.start()
         try:

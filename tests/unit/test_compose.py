@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -211,9 +217,13 @@ def test_required_secrets_fail_fast_when_unset(services: dict[str, dict[str, Any
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 
 
-def test_database_password_reaches_only_the_services_that_write(services: dict[str, dict[str, Any]]) -> None:
+def test_database_password_reaches_only_the_services_that_use_the_database(
+    services: dict[str, dict[str, Any]],
+) -> None:
     with_db = {name for name, svc in services.items() if "DATABASE_URL" in svc.get("environment", {})}
-    assert with_db == {"migrate", "worker"}
+    assert with_db == {"migrate", "worker", "beat"}
+    # Beat only reads (its averages staleness warning): the workers' least-privilege login, not the owner.
+    assert services["beat"]["environment"]["DATABASE_URL"] == services["worker"]["environment"]["DATABASE_URL"]
 
 
 def test_environment_names_are_real_settings(services: dict[str, dict[str, Any]]) -> None:
@@ -264,9 +274,12 @@ def test_every_service_runs_a_known_program(services: dict[str, dict[str, Any]])
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from feed.cli import build_parser
-
-    return build_parser()
+    """The parser of the `bookfeed` console script, found through its entry point in pyproject.toml."""
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["bookfeed"]
+    module = importlib.import_module(entry.split(":")[0])
+    parser = module.build_parser()
+    assert isinstance(parser, argparse.ArgumentParser)
+    return parser
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
@@ -319,9 +332,40 @@ def test_flower_options_exist(services: dict[str, dict[str, Any]]) -> None:
     assert flower_env <= {n.replace("-", "_") for n in options._options}
 
 
-def test_workers_consume_every_routed_queue(services: dict[str, dict[str, Any]]) -> None:
-    import celeryconfig
+@pytest.fixture
+def celeryconfig(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The celeryconfig module; it requires REDIS_URL, so a placeholder is set when the run has none (no connection
+    is made)."""
+    from models.settings import get_settings
 
+    if not os.environ.get("REDIS_URL"):
+        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    yield importlib.import_module("celeryconfig")
+    get_settings.cache_clear()
+
+
+def test_celeryconfig_requires_redis_url_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("BOOKFEED_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import celeryconfig"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == "bookfeed: REDIS_URL is not set\n"
+
+
+def test_beat_runs_one_averages_task_per_window(celeryconfig: ModuleType) -> None:
+    from models.vocabulary import AVERAGES_TASK, METRICS_QUEUE, WINDOWS_S
+
+    entries = sorted(celeryconfig.beat_schedule.values(), key=lambda e: e["schedule"])
+    assert [(e["task"], e["schedule"], e["kwargs"], e["options"]["queue"]) for e in entries] == [
+        (AVERAGES_TASK, float(w), {"window_s": w}, METRICS_QUEUE) for w in WINDOWS_S
+    ]
+    assert all(0 < e["options"]["expires"] < e["schedule"] for e in entries)
+
+
+def test_workers_consume_every_routed_queue(services: dict[str, dict[str, Any]], celeryconfig: ModuleType) -> None:
     argv = _commands(services, "celery")["worker"]
     queues = set(argv[argv.index("-Q") + 1].split(","))
     routed = {route["queue"] for route in celeryconfig.task_routes.values()}
@@ -329,11 +373,10 @@ def test_workers_consume_every_routed_queue(services: dict[str, dict[str, Any]])
     assert routed | scheduled | {celeryconfig.task_default_queue} <= queues
 
 
-def test_beat_schedule_tasks_are_registered() -> None:
-    import celeryconfig
+def test_beat_schedule_tasks_are_registered(celeryconfig: ModuleType) -> None:
     import workers
     import workers.tasks  # registers the tasks; needs no broker connection
-    from models.messages import INGEST_TASK
+    from models.vocabulary import INGEST_TASK
 
     scheduled = {entry["task"] for entry in celeryconfig.beat_schedule.values()}
     assert scheduled

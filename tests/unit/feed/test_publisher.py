@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from feed.publisher import PendingBatch, Publisher
-from models.messages import EXCHANGE, PAYLOAD_VERSION
+from models.messages import PAYLOAD_VERSION
+from models.vocabulary import EXCHANGE
 
 pytestmark = pytest.mark.unit
 

@@ -1,54 +1,72 @@
-"""feed.service: the feed's config slice of Settings, and the bounded state it writes to Redis every second."""
+"""feed.service: the feed is built from Settings itself (no copy of its fields), and the bounded state it writes to
+Redis every second."""
 
 from __future__ import annotations
 
-import dataclasses
+import threading
 
 import pytest
 
-from feed.service import FeedConfig, _capped, _changed_last_seen
-from models.settings import Settings
+from feed.batcher import Batcher
+from feed.publisher import Publisher
+from feed.service import _capped, _changed_last_seen, run_feed
+from feed.stream import StreamClient
+from models.errors import ConfigError
+from models.settings import ReconnectPolicy, Settings
 
 pytestmark = pytest.mark.unit
 
-# FeedConfig field -> Settings field, where the names differ
-_RENAMED = {"key_prefix": "broker_key_prefix"}
+# Every value differs from its default, so a part that ignores the settings shows.
+CUSTOM = Settings(
+    _env_file=None,  # type: ignore[call-arg]
+    url="wss://h:9443",
+    symbols=("solusdt", "XRPUSDT"),
+    depth=5,
+    speed="100ms",
+    redis_url="redis://h:1/2",
+    batch_max_frames=7,
+    batch_max_wait_ms=9,
+    buffer_max_frames=5_000,
+    buffer_max_bytes=2 * 1024 * 1024,
+    max_frame_bytes=8_192,
+    broker_high_water=0.5,
+    silence_timeout_s=3.0,
+    stall_timeout_s=2.0,
+    max_connection_age_s=60.0,
+    max_reconnect_attempts=4,
+)
 
 
-def test_feed_config_defaults_are_the_settings_defaults() -> None:
-    cfg = FeedConfig(url="ws://x/stream?streams=a", redis_url="redis://r")
-    shared = [
-        f.name
-        for f in dataclasses.fields(FeedConfig)
-        if f.name not in ("url", "redis_url") and _RENAMED.get(f.name, f.name) in Settings.model_fields
-    ]
-    assert {"buffer_max_bytes", "max_frame_bytes", "broker_high_water", "buffer_max_frames"} <= set(shared)
-    for name in shared:
-        assert getattr(cfg, name) == Settings.model_fields[_RENAMED.get(name, name)].default, name
+def test_custom_settings_differ_from_every_default_the_feed_reads() -> None:
+    for name in ("batch_max_frames", "buffer_max_bytes", "max_frame_bytes", "broker_high_water", "stall_timeout_s"):
+        assert getattr(CUSTOM, name) != Settings.model_fields[name].default, name
 
 
-def test_feed_config_from_settings_takes_every_shared_field() -> None:
-    s = Settings(
-        redis_url="redis://h:1/2",
-        batch_max_frames=7,
-        batch_max_wait_ms=9,
-        buffer_max_frames=5_000,
-        buffer_max_bytes=2 * 1024 * 1024,
-        max_frame_bytes=8_192,
-        broker_high_water=0.5,
-        silence_timeout_s=3.0,
-        stall_timeout_s=2.0,
-        max_connection_age_s=60.0,
-        max_reconnect_attempts=4,
-        broker_key_prefix="p:",
-        ledger_path="/tmp/l",
-    )
-    cfg = FeedConfig.from_settings(s, url="ws://u", duration_s=5.0)
-    assert (cfg.url, cfg.redis_url, cfg.duration_s) == ("ws://u", "redis://h:1/2", 5.0)
-    for f in dataclasses.fields(FeedConfig):
-        name = _RENAMED.get(f.name, f.name)
-        if name in Settings.model_fields and name not in ("url", "redis_url"):
-            assert getattr(cfg, f.name) == getattr(s, name), f.name
+def test_stream_client_takes_url_policy_and_cap_from_settings() -> None:
+    client = StreamClient.from_settings(CUSTOM, on_frame=lambda ns, raw: None)
+    assert client.url == "wss://h:9443/stream?streams=solusdt@depth5@100ms/xrpusdt@depth5@100ms"
+    assert client.policy == CUSTOM.reconnect_policy != ReconnectPolicy.default()
+    assert client._max_frame_bytes == 8_192
+    assert (client._silence_ns, client._stall_ns, client._max_age_ns) == (3 * 10**9, 2 * 10**9, 60 * 10**9)
+
+
+def test_stream_client_defaults_are_the_settings_defaults() -> None:
+    client = StreamClient("ws://h:1/stream?streams=btcusdt@depth20", on_frame=lambda ns, raw: None)
+    defaults = Settings.model_construct()
+    assert client.policy == defaults.reconnect_policy
+    assert client._max_frame_bytes == defaults.max_frame_bytes
+
+
+def test_publisher_and_batcher_take_their_limits_from_settings() -> None:
+    pub = Publisher.from_settings(CUSTOM, lambda p: None)
+    assert (pub._max, pub._max_bytes, pub._high_water) == (5_000, 2 * 1024 * 1024, 0.5)
+    batcher = Batcher.from_settings(CUSTOM, emit=lambda frames: None, clock_ns=lambda: 0)
+    assert (batcher._max_frames, batcher._max_wait_ns) == (7, 9_000_000)
+
+
+def test_run_feed_requires_redis_url() -> None:
+    with pytest.raises(ConfigError, match="REDIS_URL is not set"):
+        run_feed(CUSTOM.model_copy(update={"redis_url": None}), stop=threading.Event(), install_signals=False)
 
 
 def test_stats_copy_of_per_stream_counts_is_capped() -> None:

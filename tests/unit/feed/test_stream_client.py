@@ -4,10 +4,12 @@ id resets, state kept for subscribed streams only, and the gaps of interruptions
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
 from feed.stream import OTHER_STREAMS, StreamClient, _Reconnect
+from models.settings import ReconnectPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -74,7 +76,7 @@ def _gap_client(
         on_frame=lambda ns, raw: None,
         on_gap=lambda *g: gaps.append(g),
         last_seen=last_seen,
-        stall_timeout_s=5,
+        policy=replace(ReconnectPolicy.default(), stall_timeout_s=5),
         clock_ns=clock,
     )
     return client, gaps, clock

@@ -11,11 +11,12 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from feed.stream import StreamClient
+from models.settings import ReconnectPolicy
 from tests.services import wait_for
 
 pytestmark = pytest.mark.unit
@@ -116,7 +117,7 @@ def feed() -> Iterator[Feed]:
             on_frame=lambda ns, raw: out.frames.append(raw),
             on_gap=lambda *g: out.gaps.append(g),
             on_reject=lambda *r: out.rejects.append(r),
-            silence_timeout_s=1.0,
+            policy=replace(ReconnectPolicy.default(), silence_timeout_s=1.0),
             max_frame_bytes=CAP,
         )
         stop = threading.Event()

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.book import MAX_FRAME_BYTES, BookSnapshot, StreamName, parse_frame, parse_stream_name
+from models.book import BookSnapshot, parse_frame
 from models.errors import InvalidBookError, MalformedPayloadError
 from models.metrics import book_metrics
+from models.vocabulary import MAX_FRAME_BYTES, parse_stream_name
 from tests.factories import (
     RECEIVED_NS,
     depth_samples,
@@ -91,42 +92,7 @@ def test_diff_depth_frame_is_rejected_as_unknown_stream() -> None:
     assert isinstance(err, InvalidBookError)
 
 
-# --- stream names -------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("stream", "expected"),
-    [
-        ("btcusdt@depth20@100ms", StreamName("BTCUSDT", 20)),
-        ("ethusdt@depth20", StreamName("ETHUSDT", 20)),
-        ("bnbusdt@depth5@1000ms", StreamName("BNBUSDT", 5)),
-        ("trxusdt@depth10@100ms", StreamName("TRXUSDT", 10)),
-        ("1000satsusdt@depth5", StreamName("1000SATSUSDT", 5)),
-    ],
-)
-def test_parse_stream_name(stream: str, expected: StreamName) -> None:
-    assert parse_stream_name(stream) == expected
-
-
-@pytest.mark.parametrize(
-    "stream",
-    [
-        "btcusdt@trade",
-        "btcusdt@depth",
-        "btcusdt@depth@100ms",
-        "btcusdt@depth7",
-        "btcusdt@depth20@250ms",
-        "btcusdt@bookTicker",
-        "BTCUSDT@depth20",
-        "b@depth20",
-        "btcusdt@depth20 ",
-        "btcusdt@depth20@100ms/ethusdt@depth20@100ms",
-        "",
-    ],
-)
-def test_unknown_stream_name_is_rejected(stream: str) -> None:
-    with pytest.raises(MalformedPayloadError, match="unknown stream"):
-        parse_stream_name(stream)
+# --- stream names (the grammar itself: test_vocabulary.py) -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("stream", ["btcusdt@trade", "btcusdt@depth", "btcusdt@depth7"])

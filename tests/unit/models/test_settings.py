@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from models.errors import ConfigError, PipelineError
-from models.settings import DEFAULT_SYMBOLS, LIVE_URL, Settings, load_settings, normalise_database_url
+from models.settings import ReconnectPolicy, Settings, load_settings, normalise_database_url
+from models.vocabulary import DEFAULT_SYMBOLS, LIVE_URL
 
 pytestmark = pytest.mark.unit
 
@@ -40,7 +41,7 @@ def config_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
 
 def test_defaults() -> None:
     s = load_settings()
-    assert s.symbols == DEFAULT_SYMBOLS == ("btcusdt", "ethusdt", "bnbusdt")
+    assert s.symbols == DEFAULT_SYMBOLS == ("BTCUSDT", "ETHUSDT", "BNBUSDT")
     assert s.depth == 20
     assert s.url == LIVE_URL == "wss://stream.binance.com:9443"
     assert s.database_url is None and s.redis_url is None
@@ -56,10 +57,10 @@ def test_settings_are_frozen() -> None:
 @pytest.mark.parametrize(
     ("raw", "symbols"),
     [
-        ("BTCUSDT, ethusdt", ("btcusdt", "ethusdt")),
-        (" btcusdt ,, ETHUSDT ,", ("btcusdt", "ethusdt")),
-        ("btcusdt,BTCUSDT,ethusdt", ("btcusdt", "ethusdt")),
-        ("1000satsusdt", ("1000satsusdt",)),
+        ("BTCUSDT, ethusdt", ("BTCUSDT", "ETHUSDT")),
+        (" btcusdt ,, ETHUSDT ,", ("BTCUSDT", "ETHUSDT")),
+        ("btcusdt,BTCUSDT,ethusdt", ("BTCUSDT", "ETHUSDT")),
+        ("1000satsusdt", ("1000SATSUSDT",)),
     ],
 )
 def test_symbols_from_env_are_normalised(monkeypatch: pytest.MonkeyPatch, raw: str, symbols: tuple[str, ...]) -> None:
@@ -68,7 +69,7 @@ def test_symbols_from_env_are_normalised(monkeypatch: pytest.MonkeyPatch, raw: s
 
 
 def test_symbols_override_as_a_list() -> None:
-    assert load_settings(symbols=["BTCUSDT", " ethusdt"]).symbols == ("btcusdt", "ethusdt")
+    assert load_settings(symbols=["BTCUSDT", " ethusdt"]).symbols == ("BTCUSDT", "ETHUSDT")
 
 
 @pytest.mark.parametrize("raw", ["", " ", " , ,"])
@@ -187,16 +188,36 @@ def test_bad_override_names_the_setting() -> None:
 def test_dotenv_in_working_directory_is_read(clean_env: Path) -> None:
     (clean_env / ".env").write_text("BOOKFEED_SYMBOLS=solusdt\nDATABASE_URL=postgres://u@h/d\n")
     s = load_settings()
-    assert s.symbols == ("solusdt",)
+    assert s.symbols == ("SOLUSDT",)
     assert s.database_url == "postgresql+psycopg2://u@h/d"
 
 
 def test_environment_wins_over_dotenv(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (clean_env / ".env").write_text("BOOKFEED_SYMBOLS=solusdt\n")
     monkeypatch.setenv("BOOKFEED_SYMBOLS", "xrpusdt")
-    assert load_settings().symbols == ("xrpusdt",)
+    assert load_settings().symbols == ("XRPUSDT",)
 
 
 def test_settings_can_be_built_directly() -> None:
     s = Settings(symbols="ADAUSDT", depth=5)
-    assert (s.symbols, s.depth) == (("adausdt",), 5)
+    assert (s.symbols, s.depth) == (("ADAUSDT",), 5)
+
+
+def test_reconnect_policy_is_one_frozen_object_of_the_reconnect_settings() -> None:
+    s = Settings(silence_timeout_s=3, stall_timeout_s=2, max_connection_age_s=60, max_reconnect_attempts=4)
+    policy = s.reconnect_policy
+    assert (policy.silence_timeout_s, policy.stall_timeout_s, policy.max_connection_age_s) == (3, 2, 60)
+    assert policy.max_reconnect_attempts == 4
+    with pytest.raises(AttributeError):
+        policy.stall_timeout_s = 1  # type: ignore[misc]
+    defaults = ReconnectPolicy.default()
+    assert defaults == load_settings().reconnect_policy  # the environment is empty here
+    assert defaults.silence_timeout_s == Settings.model_fields["silence_timeout_s"].default
+
+
+def test_reconnect_backoff_doubles_up_to_its_cap() -> None:
+    policy = ReconnectPolicy.default()
+    delays = [policy.backoff_s(n) for n in range(1, 12)]
+    assert delays[:3] == [policy.backoff_base_s, 2 * policy.backoff_base_s, 4 * policy.backoff_base_s]
+    assert max(delays) == delays[-1] == policy.backoff_cap_s
+    assert policy.backoff_s(10_000) == policy.backoff_cap_s

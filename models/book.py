@@ -20,9 +20,7 @@ import orjson
 from models.errors import MalformedPayloadError
 from models.vocabulary import MAX_FRAME_BYTES, StreamName, parse_stream_name
 
-# parse_stream_name lives in models.vocabulary; re-exported here only until workers/envelope.py and workers/audit.py
-# import it from there.
-__all__ = ["BookSnapshot", "Side", "parse_frame", "parse_stream_name"]
+__all__ = ["BookSnapshot", "Side", "parse_frame"]
 
 _MAX_LAST_UPDATE_ID = 2**63 - 1
 # Plain decimal strings only: no sign, exponent, NaN or Infinity; at most 20 digits either side of the point.

@@ -12,16 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final, NotRequired, TypedDict
 
-# The names live in models.vocabulary; re-exported here only until every call site imports them from there.
-from models.vocabulary import AVERAGES_TASK, EXCHANGE, EXCHANGES, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE
+from models.vocabulary import EXCHANGE
 
 __all__ = [
-    "AVERAGES_TASK",
-    "EXCHANGE",
-    "EXCHANGES",
-    "INGEST_QUEUE",
-    "INGEST_TASK",
-    "METRICS_QUEUE",
     "PAYLOAD_VERSION",
     "Batch",
     "FeedRejected",

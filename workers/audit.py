@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from models.book import parse_stream_name
 from models.errors import MalformedPayloadError
+from models.vocabulary import WINDOWS_S, parse_stream_name
 
 __all__ = ["LedgerEntry", "LedgerReport", "averages_mismatches", "check_ledger", "duplicated_books", "read_ledger"]
 
@@ -99,7 +99,7 @@ def averages_mismatches(engine: Engine, *, closed_before_s: float) -> list[tuple
               SELECT exchange, symbol, w AS window_seconds,
                      date_bin(make_interval(secs => w), received_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS ws,
                      avg(price) AS avg_price, count(*) AS samples
-              FROM book_snapshots CROSS JOIN (VALUES (30), (60)) v(w)
+              FROM book_snapshots CROSS JOIN unnest(CAST(:windows AS int[])) v(w)
               WHERE price IS NOT NULL AND NOT crossed
               GROUP BY 1, 2, 3, 4)
             SELECT e.symbol, e.window_seconds, e.ws, e.samples, e.avg_price, a.symbol, a.window_seconds,
@@ -113,6 +113,6 @@ def averages_mismatches(engine: Engine, *, closed_before_s: float) -> list[tuple
                OR abs(a.avg_price - e.avg_price) > 1e-9 * abs(e.avg_price)
             """
                 ),
-                {"t": closed_before_s},
+                {"t": closed_before_s, "windows": list(WINDOWS_S)},
             )
         ]

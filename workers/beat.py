@@ -10,6 +10,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine, text
 
 from models.errors import StorageError
+from models.vocabulary import METRICS_QUEUE
 from workers import storage
 
 __all__ = ["WATCH_INTERVAL_S", "averages_lag_s", "check_averages", "start_averages_watch"]
@@ -40,7 +41,7 @@ def check_averages(engine: Engine, *, stale_s: float) -> float | None:
     lag = averages_lag_s(engine, recent_s=stale_s)
     if lag is None or lag <= stale_s:
         return None
-    logger.warning("averages stale for %.0f s: is a worker consuming the 'metrics' queue?", lag)
+    logger.warning("averages stale for %.0f s: is a worker consuming the %r queue?", lag, METRICS_QUEUE)
     return lag
 
 

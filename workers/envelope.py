@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.book import BookSnapshot, parse_frame, parse_stream_name
+from models.book import BookSnapshot, parse_frame
 from models.errors import InvalidBookError
-from models.messages import EXCHANGES, PAYLOAD_VERSION
+from models.messages import PAYLOAD_VERSION
 from models.metrics import BookMetrics, book_metrics
+from models.vocabulary import EXCHANGES, parse_stream_name
 from workers.storage import GapRow, Rejected
 
 __all__ = ["UNKNOWN_EXCHANGE", "ParsedBatch", "RefusedBatch", "batch_key", "excerpt", "parse_batch", "refused_rows"]

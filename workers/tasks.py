@@ -10,8 +10,8 @@ from celery import Task
 from celery.exceptions import Reject
 
 from models.errors import TransientStorageError
-from models.messages import AVERAGES_TASK, INGEST_TASK
 from models.settings import get_settings
+from models.vocabulary import AVERAGES_TASK, INGEST_TASK
 from workers import averages
 from workers.app import app, get_engine
 from workers.deliveries import DeliveryCounter, Limits, RetryLater, Tries, deliver

@@ -12,14 +12,15 @@ import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
 
-from feed.embedded import EmbeddedPostgres, EmbeddedRedis
 from feed.publisher import PendingBatch, Publisher, make_celery_sender
-from models.messages import INGEST_QUEUE, make_batch
-from models.schema import upgrade_to_head
+from models.messages import make_batch
+from models.vocabulary import INGEST_QUEUE
+from stack.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.conftest import service_env
 from tests.integration._frames import simple_book
 from tests.services import start_worker, stop_process, wait_for
 from workers.ingest import ingest_batch
+from workers.schema import upgrade_to_head
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import redis
 
 from feed.publisher import PendingBatch, Publisher, make_celery_sender
 from feed.service import LAST_SEEN_KEY, read_feed_stats, run_feed
-from models.messages import INGEST_QUEUE
 from models.settings import Settings
+from models.vocabulary import INGEST_QUEUE
 from simulator import SimConfig, SimulatorThread
 from stack.embedded import EmbeddedRedis
 from tests.services import wait_for

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from feed.publisher import PendingBatch, broker_app, make_celery_sender
-from models.messages import AVERAGES_TASK, METRICS_QUEUE, make_batch
+from models.messages import make_batch
+from models.vocabulary import AVERAGES_TASK, METRICS_QUEUE
 from tests.conftest import service_env
 from tests.integration._frames import simple_book
 from tests.services import start_process, stop_process, wait_for

@@ -94,6 +94,7 @@ def run_feed(
             "buffered_frames": publisher.pending_frames(),
             "buffered_bytes": p.buffered_bytes,
             "dropped_frames": p.dropped_frames,
+            "unpublished_frames": p.unpublished_frames,
             "feed_rejected": p.feed_rejected,
             "paused_high_water": p.paused_high_water,
             "gaps": gaps,
@@ -102,11 +103,11 @@ def run_feed(
 
     written: dict[str, int] = {}  # last_seen as last written to Redis
 
-    def save_state(stats: dict[str, Any], ttl_s: int) -> None:
+    def save_state(stats: dict[str, Any], ttl_s: int, last_seen: dict[str, int] | None = None) -> None:
         # Best effort: the publisher reports broker trouble; these only feed `bookfeed up` and the next feed.
         with contextlib.suppress(redis.RedisError):
             state.set(stats_key, json.dumps(stats), ex=ttl_s)
-            changed = _changed_last_seen(client.streams, client.last_seen, written)
+            changed = _changed_last_seen(client.streams, client.last_seen if last_seen is None else last_seen, written)
             if changed:
                 state.hset(last_seen_key, mapping={k: str(v) for k, v in changed.items()})
                 written.update(changed)
@@ -138,7 +139,7 @@ def run_feed(
         if ledger is not None:
             ledger.close()
         final = snapshot()
-        save_state(final, 60)
+        save_state(final, 60, _final_last_seen(client.streams, client.stopped, publisher.unpublished_since))
         logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
     return final
 
@@ -164,6 +165,19 @@ def _changed_last_seen(streams: Iterable[str], last_seen: dict[str, int], writte
         if ns is not None and written.get(stream) != ns:
             changed[stream] = ns
     return changed
+
+
+def _final_last_seen(
+    streams: Iterable[str], stopped: dict[str, int], unpublished_since: dict[str, int]
+) -> dict[str, int]:
+    """What the next feed process should take as each subscribed stream's last frame: the time this one stopped
+    (its "feed stopped" gap covers the span before), or, where frames were never published, the earliest of them."""
+    out = {}
+    for stream in streams:
+        times = [t for t in (stopped.get(stream), unpublished_since.get(stream)) if t is not None]
+        if times:
+            out[stream] = min(times)
+    return out
 
 
 def _load_last_seen(client: redis.Redis, key: str) -> dict[str, int]:

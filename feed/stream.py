@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_STREAM_NAME = 100  # Binance's names are ~30 characters; a longer one is not ours and is never stored
 _MAX_LAST_UPDATE_ID = 2**63 - 1  # the worker's (and PostgreSQL bigint's) range
-_RESET_JUMP = 1_000_000  # ids this far back are a server reset, not a stale frame
+_RESET_JUMP = 1_000_000  # ids this far back are a server reset, not a stale frame...
+_RESET_MIN_JUMP = 1_000  # ...and so are ids at most half the last one and more than this far back (see _is_reset)
+_STABLE_S = 10.0  # a connection that lasted less (or less than the silence timeout) counts as a failed attempt
 _STARTED_NS = 1_000  # a "feed started" gap ends at the stream's first frame and lasts this long
 _EXCERPT_CHARS = 1024  # what on_reject gets of a message refused here
 OTHER_STREAMS = "?"  # the one per_stream counter for frames of streams not subscribed (or of no stream)
@@ -92,13 +94,20 @@ class _CappedFrameBuffer(frame_buffer):
     """websocket-client neither limits frame sizes nor the sum of a fragmented message's frames, and a message
     trickled in never times out. This buffer caps the whole message at `max_bytes` from the announced lengths
     (an oversized one is read in bounded chunks, discarded, then raised as _MessageTooLarge, keeping the connection)
-    and raises _Reconnect once no message has completed for `silence_ns`, even in the middle of one."""
+    and raises _Reconnect once no message has completed for `silence_ns`, even in the middle of one, or as soon as
+    `stop` is set (a message trickled in never returns to the reader's loop)."""
 
     def __init__(
-        self, recv: Callable[[int], bytes], *, max_bytes: int, silence_ns: int, clock_ns: Callable[[], int]
+        self,
+        recv: Callable[[int], bytes],
+        *,
+        max_bytes: int,
+        silence_ns: int,
+        clock_ns: Callable[[], int],
+        stop: threading.Event,
     ) -> None:
         super().__init__(self._recv_in_time, True)
-        self._sock_recv, self._clock_ns = recv, clock_ns
+        self._sock_recv, self._clock_ns, self._stop = recv, clock_ns, stop
         self.max_bytes, self.silence_ns = max_bytes, silence_ns
         self.last_message_ns = clock_ns()  # the reader moves it on after each complete message
         self.message_bytes = 0  # payload bytes of the data message being received
@@ -107,6 +116,8 @@ class _CappedFrameBuffer(frame_buffer):
         self._discard_left: int | None = None
 
     def _recv_in_time(self, bufsize: int) -> bytes:
+        if self._stop.is_set():
+            raise _Reconnect("stopped")
         now = self._clock_ns()
         if now - self.last_message_ns > self.silence_ns:
             raise _Reconnect(f"no complete message for {(now - self.last_message_ns) / 1e9:.0f}s")
@@ -206,14 +217,16 @@ class StreamClient:
     """Reads one combined-stream connection forever, reconnecting as needed, and passes frames to `on_frame`.
 
     Frames whose lastUpdateId (in [0, 2**63)) is not above the last one forwarded for their stream are duplicates
-    or stale: they are dropped and counted. An id far below it, or below it right after an interruption, is a
-    server reset: the frame is forwarded and the stream restarts from it. Only subscribed streams have state;
+    or stale: they are dropped and counted. An id more than 1,000,000 below it, or at most half of it and more than
+    1,000 below, is a server reset (at any time, reconnect or not): the frame is forwarded, the stream restarts
+    from it and a "lastUpdateId reset" gap is recorded. Only subscribed streams have state;
     frames of others are forwarded and counted under OTHER_STREAMS. `on_gap(stream, start_ns, end_ns, reason)`
     is told of every interval in which a stream may have lost data: a reconnect, a stall (no frame for
     `policy.stall_timeout_s`), an id reset, a feed restart (streams passed in `last_seen`, e.g. from the previous
     process; a stream without one gets a short "feed started" gap at its first frame), each running from the stream's
     last frame to its next one; and, when `run` returns, "feed stopped" from each stream's last frame to then.
-    Timeouts, the connection lifetime and the backoff come from `policy` (Settings.reconnect_policy).
+    Timeouts, the connection lifetime and the backoff come from `policy` (Settings.reconnect_policy); a connection
+    that ends within 10 s (or the silence timeout, if shorter) counts as a failed attempt for the backoff.
     A message over `max_frame_bytes` bytes (all fragments together) is not forwarded but passed to
     `on_reject(received_ns, reason, excerpt)`, the excerpt being its first 1024 characters.
     """
@@ -240,6 +253,7 @@ class StreamClient:
         self._max_frame_bytes = max_frame_bytes
         self._clock_ns = clock_ns
         self._stall_ns = int(policy.stall_timeout_s * 1e9)
+        self._stable_ns = int(min(_STABLE_S, policy.silence_timeout_s) * 1e9)
         self._last: dict[str, int] = {}
         self.streams = _streams_of(url)
         self._subscribed = frozenset(self.streams)
@@ -249,6 +263,7 @@ class StreamClient:
             s: (previous[s], "feed restarted") if s in previous else (-1, "feed started") for s in self.streams
         }
         self.last_seen: dict[str, int] = {}  # subscribed streams only
+        self.stopped: dict[str, int] = {}  # when run returned, per stream given a "feed stopped" gap: that stop time
         self._gap_lock = threading.Lock()  # the reader and the ticker both touch interruptions
         self.stats = StreamStats()
 
@@ -283,46 +298,65 @@ class StreamClient:
             self._stopped()
 
     def _run(self, stop: threading.Event) -> None:
+        # Failed attempts in a row: refused connects, and connections that ended before they proved stable (a
+        # server that accepts, sends a frame and closes must not be hammered without a delay).
         failures = 0
         while not stop.is_set():
             try:
-                ws, buf = self._connect()
+                ws, buf = self._connect(stop)
             except Exception as exc:  # refused, DNS, TLS, handshake: all are "try again later"
                 failures += 1
                 if self.policy.max_reconnect_attempts and failures >= self.policy.max_reconnect_attempts:
                     raise RetriesExhaustedError(
                         f"could not connect to {self._safe_url()}: {exc}", attempts=failures
                     ) from exc
-                delay = self.policy.backoff_s(failures) * random.uniform(0.5, 1.0)
-                logger.warning("connect failed (%s); retry %d in %.1fs", exc, failures, delay)
-                stop.wait(delay)
+                self._back_off(stop, failures, f"connect failed ({exc})")
                 continue
-            failures = 0
-            self.stats.connected = True
-            logger.info("connected to %s", self._safe_url())
-            reason = "stopped"
-            try:
-                self._read(ws, buf, stop)
-            except _Reconnect as exc:
-                reason = str(exc)
-            except (websocket.WebSocketException, OSError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            finally:
-                self.stats.connected = False
-                with contextlib.suppress(Exception):  # closing a broken socket may fail; it is gone either way
-                    ws.close(timeout=1)
-            if buf.oversized:  # dropped in the middle of discarding a message over the cap
-                self._reject(self._clock_ns(), f"{buf.message_bytes}+ bytes, unfinished: {reason}", buf.head)
-            if not stop.is_set():
-                self.stats.reconnects += 1
-                self._interrupt_all(f"reconnected: {reason}")
+            opened = self._clock_ns()
+            reason = self._session(ws, buf, stop)
+            if stop.is_set():
+                return
+            self.stats.reconnects += 1
+            self._interrupt_all(f"reconnected: {reason}")
+            lasted_ns = self._clock_ns() - opened
+            if lasted_ns < self._stable_ns:
+                failures += 1
+                self._back_off(stop, failures, f"reconnecting: {reason} (after {lasted_ns / 1e9:.1f}s)")
+            else:
+                failures = 0
                 logger.warning("reconnecting: %s", reason)
 
-    def _connect(self) -> tuple[websocket.WebSocket, _CappedFrameBuffer]:
+    def _back_off(self, stop: threading.Event, failures: int, what: str) -> None:
+        delay = self.policy.backoff_s(failures) * random.uniform(0.5, 1.0)
+        logger.warning("%s; retry %d in %.1fs", what, failures, delay)
+        stop.wait(delay)
+
+    def _session(self, ws: websocket.WebSocket, buf: _CappedFrameBuffer, stop: threading.Event) -> str:
+        """Read one connection until it ends or `stop` is set; returns why it ended."""
+        self.stats.connected = True
+        logger.info("connected to %s", self._safe_url())
+        reason = "stopped"
+        try:
+            self._read(ws, buf, stop)
+        except _Reconnect as exc:
+            reason = str(exc)
+        except (websocket.WebSocketException, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.stats.connected = False
+            with contextlib.suppress(Exception):  # closing a broken socket may fail; it is gone either way
+                ws.close(timeout=1)
+            # close() skips a connection the server already closed (it answered the close frame), leaving its socket
+            ws.shutdown()  # type: ignore[no-untyped-call]
+        if buf.oversized:  # dropped in the middle of discarding a message over the cap
+            self._reject(self._clock_ns(), f"{buf.message_bytes}+ bytes, unfinished: {reason}", buf.head)
+        return reason
+
+    def _connect(self, stop: threading.Event) -> tuple[websocket.WebSocket, _CappedFrameBuffer]:
         ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
         ws.connect(self.url, timeout=10, suppress_origin=True)  # type: ignore[no-untyped-call]
         buf = _CappedFrameBuffer(
-            ws._recv, max_bytes=self._max_frame_bytes, silence_ns=self._silence_ns, clock_ns=self._clock_ns
+            ws._recv, max_bytes=self._max_frame_bytes, silence_ns=self._silence_ns, clock_ns=self._clock_ns, stop=stop
         )
         ws.frame_buffer = buf
         ws.cont_frame = _Fragments(False, True)
@@ -337,13 +371,16 @@ class StreamClient:
                     self._interrupted[s] = (self.last_seen.get(s, now), reason)
 
     def _stopped(self) -> None:
-        """The feed stops seeing its streams now: a gap from each stream's last frame, so its window is incomplete."""
+        """The feed stops seeing its streams now: a gap from each stream's last frame, so its window is incomplete.
+        `stopped` then holds where the next feed process's "feed restarted" gap should start, so that the two
+        processes do not both report the span before the stop."""
         now = self._clock_ns()
         with self._gap_lock:
             seen = dict(self.last_seen)
+        self.stopped = {s: max(now, ns) for s, ns in seen.items()}
         if self._on_gap is not None:
             for s, ns in seen.items():
-                self._on_gap(s, ns, max(now, ns), "feed stopped")
+                self._on_gap(s, ns, self.stopped[s], "feed stopped")
 
     def check_stalls(self) -> None:
         """Mark streams silent for longer than the stall timeout; call it now and then (the feed's ticker does)."""
@@ -401,7 +438,7 @@ class StreamClient:
             if luid > last:
                 self._last[stream] = luid
             elif _is_whole_frame(raw, luid):  # a broken frame that only looks stale is forwarded (and rejected)
-                if luid == last or (last - luid <= _RESET_JUMP and stream not in self._interrupted):
+                if not _is_reset(last, luid):
                     self.stats.duplicates += 1
                     return
                 self._last[stream] = luid
@@ -442,6 +479,16 @@ def _streams_of(url: str) -> tuple[str, ...]:
     """The stream names a combined-stream URL subscribes to."""
     streams = parse_qs(urlsplit(url).query).get("streams", [""])[0]
     return tuple(s for s in streams.split("/") if s)
+
+
+def _is_reset(last: int, luid: int) -> bool:
+    """Whether an id at or below the stream's last forwarded one means the server restarted its ids (rather than a
+    stale or repeated frame, e.g. a server a few updates behind after a reconnect): far below it, or at most half of
+    it and well below. The same rule holds at any time, so a bogus jump forward (900000 after 1000) is undone by
+    the next real id (1001 is a reset); a small bogus jump only hides the updates up to it, and the stall check
+    reports that silence as a gap."""
+    back = last - luid
+    return back > _RESET_JUMP or (luid <= last // 2 and back > _RESET_MIN_JUMP)
 
 
 def _is_whole_frame(raw: str, luid: int) -> bool:

@@ -1,6 +1,7 @@
-"""A stream that once received lastUpdateId 9999999999999999999 goes on being stored, frame for frame: the real
-feed (run_feed) reads an in-test websocket server and publishes to Redis, the real worker stores in PostgreSQL.
-The feed's start and stop are recorded as gaps of the stream."""
+"""A stream that once received lastUpdateId 9999999999999999999 goes on being stored, frame for frame, and a server
+that resumes a few updates behind after a reconnect is not stored twice: the real feed (run_feed) reads an in-test
+websocket server and publishes to Redis, the real worker stores in PostgreSQL. The feed's start and stop are
+recorded as gaps of the stream."""
 
 from __future__ import annotations
 
@@ -78,3 +79,60 @@ def test_a_stream_that_received_an_absurd_id_goes_on_being_stored(
     # last-seen time under this run's key prefix: then it is a restart).
     wait_for(lambda: "feed stopped" in reasons(), 30, "the feed-stopped gap")
     assert reasons() & {"feed started", "feed restarted"}
+
+
+@pytest.fixture
+def lagging_server() -> Iterator[Server]:
+    """First connection: 1000..1002, then closed. Every later one: 1000..1003 (two updates behind), kept open."""
+    connections: list[ServerConnection] = []
+
+    def handler(ws: ServerConnection) -> None:
+        connections.append(ws)
+        first = len(connections) == 1
+        for luid in range(1000, 1003 if first else 1004):
+            ws.send(make_frame("btcusdt", 20, speed=None, last_update_id=luid))
+        if first:
+            ws.close()
+            return
+        for _ in ws:
+            pass
+
+    with serve(handler, "127.0.0.1", 0) as srv:
+        thread = threading.Thread(target=srv.serve_forever, daemon=True)
+        thread.start()
+        yield srv
+        srv.shutdown()
+        thread.join(10)
+
+
+def test_a_server_behind_after_a_reconnect_is_not_stored_twice(
+    lagging_server: Server, redis_url: str, broker_prefix: str, worker: Path, clean_db: Engine
+) -> None:
+    port = lagging_server.socket.getsockname()[1]
+    settings = Settings(
+        url=f"ws://127.0.0.1:{port}/stream?streams=btcusdt@depth20",
+        redis_url=redis_url,
+        broker_key_prefix=broker_prefix,
+    )
+    stop = threading.Event()
+    feed = threading.Thread(target=run_feed, args=(settings,), kwargs={"stop": stop, "install_signals": False})
+    feed.start()
+
+    def stored() -> list[int]:
+        with clean_db.connect() as conn:
+            q = "SELECT last_update_id FROM book_snapshots WHERE symbol = 'BTCUSDT' ORDER BY last_update_id"
+            return [int(i) for i in conn.execute(text(q)).scalars()]
+
+    try:
+        wait_for(lambda: 1003 in stored(), 30, "the second connection's new book")
+    finally:
+        stop.set()
+        feed.join(30)
+    wait_for(lambda: _reasons(clean_db) >= {"feed stopped"}, 30, "the feed-stopped gap")  # everything is in
+    assert stored() == [1000, 1001, 1002, 1003]
+    assert not any(r.startswith("lastUpdateId reset") for r in _reasons(clean_db))
+
+
+def _reasons(db: Engine) -> set[str]:
+    with db.connect() as conn:
+        return set(conn.execute(text("SELECT reason FROM feed_gaps WHERE stream = 'btcusdt@depth20'")).scalars())

@@ -1,24 +1,29 @@
 """The feed's publisher against a real Redis at its memory limit: it holds batches above the high-water mark and
-publishes them all, in order, once Redis has room again (so workers always keep room to republish retries)."""
+publishes them all, in order, once Redis has room again (so workers always keep room to republish retries). And
+run_feed's wiring against an in-test websocket server: its own rejections, unsubscribed streams, and the last-seen
+times it leaves for the next feed process."""
 
 from __future__ import annotations
 
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from websockets.sync.server import ServerConnection, serve
 
-from feed.publisher import PendingBatch, Publisher, make_celery_sender
+from feed.publisher import UNPUBLISHED_REASON, PendingBatch, Publisher, make_celery_sender
 from feed.service import LAST_SEEN_KEY, read_feed_stats, run_feed
+from feed.stream import OTHER_STREAMS
 from models.settings import Settings
 from models.vocabulary import INGEST_QUEUE
-from simulator import SimConfig, SimulatorThread
 from stack.embedded import EmbeddedRedis
+from tests.factories import make_frame
 from tests.services import wait_for
 
 pytestmark = pytest.mark.integration
@@ -78,41 +83,119 @@ def test_feed_holds_batches_above_high_water_and_publishes_them_in_order_below(s
     client.close()
 
 
-def test_feed_sends_its_own_rejections_and_keeps_only_subscribed_state(redis_url: str, broker_prefix: str) -> None:
-    """run_feed wiring: messages over the size cap reach the publisher as `rejected` entries and are counted in the
-    stats; last_seen in Redis holds the subscribed streams that delivered frames."""
+SUB, OTHER = "btcusdt@depth20", "xrpusdt@depth20"  # the feed subscribes to SUB only; the server sends both
+
+
+def _book(stream: str, luid: int, *, levels: int = 2) -> str:
+    bids = [(f"{100 - i * 0.01:.2f}", "1.00000000") for i in range(levels)]
+    return make_frame(stream=stream, bids=bids, last_update_id=luid)
+
+
+@contextmanager
+def _server(messages: list[str]) -> Iterator[int]:
+    """A websocket server on loopback that sends `messages` to whoever connects, then keeps the connection open
+    (it serves any path, so also streams the URL does not name); yields its port."""
+
+    def handler(ws: ServerConnection) -> None:
+        for raw in messages:
+            ws.send(raw)
+        for _ in ws:
+            pass
+
+    with serve(handler, "127.0.0.1", 0) as srv:
+        thread = threading.Thread(target=srv.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield srv.socket.getsockname()[1]
+        finally:
+            srv.shutdown()
+            thread.join(10)
+
+
+def _feed(
+    settings: Settings, send: Callable[[PendingBatch], None], stop: threading.Event
+) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: result.update(run_feed(settings, stop=stop, send=send, install_signals=False))
+    )
+    thread.start()
+    return thread, result
+
+
+def _gaps(sent: list[PendingBatch], reason: str) -> list[tuple[Any, ...]]:
+    return [tuple(g) for p in sent for g in p.batch.get("gaps", []) if g[3] == reason]
+
+
+def test_feed_rejects_oversized_messages_forwards_unsubscribed_streams_without_state(
+    redis_url: str, broker_prefix: str
+) -> None:
+    """run_feed wiring: a message over the size cap reaches the publisher as a `rejected` entry; frames of a stream
+    the feed did not subscribe to are forwarded and counted under the shared counter, with no last-seen time; the
+    last-seen time left for the next feed is the end of this one's "feed stopped" gap (not its last frame)."""
     prefix = f"{broker_prefix}feedpub-{uuid.uuid4().hex[:6]}:"
-    small, big = "ethusdt@depth5@100ms", "btcusdt@depth20@100ms"  # ~400 and ~1,400 bytes a message
+    big = _book(SUB, 2, levels=40)  # ~1,000 bytes, over the cap of 800
+    forwarded = [_book(SUB, 1), _book(OTHER, 1), _book(SUB, 3), _book(OTHER, 2), _book(SUB, 4)]
     sent: list[PendingBatch] = []
     client = redis.Redis.from_url(redis_url)
-    with SimulatorThread(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), rate=40)) as sim:
-        settings = Settings(url=sim.url([big, small]), redis_url=redis_url, broker_key_prefix=prefix)
-        # A cap below the settings' minimum (4096), so that every depth20 book is over it: unvalidated on purpose.
+    with _server([*forwarded[:2], big, *forwarded[2:]]) as port:
+        settings = Settings(
+            url=f"ws://127.0.0.1:{port}/stream?streams={SUB}", redis_url=redis_url, broker_key_prefix=prefix
+        )
+        # A cap below the settings' minimum (4096), so that a book can be over it: unvalidated on purpose.
         settings = settings.model_copy(update={"max_frame_bytes": 800})
         stop = threading.Event()
-        result: dict[str, Any] = {}
-        feed = threading.Thread(
-            target=lambda: result.update(run_feed(settings, stop=stop, send=sent.append, install_signals=False))
-        )
-        feed.start()
+        feed, result = _feed(settings, sent.append, stop)
         try:
 
-            def live_rejected() -> int:
+            def live() -> dict[str, Any]:
                 stats = read_feed_stats(client, prefix)
-                return int(stats[0].get("feed_rejected", 0)) if stats else 0
+                return stats[0] if stats else {}
 
-            wait_for(lambda: live_rejected() >= 5, 20, "rejections in the live stats")
+            wait_for(lambda: live().get("frames") == 5 and live().get("feed_rejected") == 1, 20, "all 6 messages")
         finally:
             stop.set()
             feed.join(30)
-    rejected = [r for p in sent for r in p.batch.get("rejected", [])]
-    assert rejected and all(p.batch["frames"] == [] for p in sent if p.batch.get("rejected"))
-    assert all(
-        isinstance(ns, int) and reason and excerpt.startswith(f'{{"stream":"{big}"') for ns, reason, excerpt in rejected
-    )
-    assert result["feed_rejected"] == len(rejected)
-    frames = [raw for p in sent for _, raw in p.batch["frames"]]
-    assert frames and all(raw.startswith(f'{{"stream":"{small}"') for raw in frames)
+    assert [excerpt for p in sent for _, _, excerpt in p.batch.get("rejected", [])] == [big[:1024]]
+    assert result["feed_rejected"] == 1
+    assert [raw for p in sent for _, raw in p.batch["frames"]] == forwarded
+    assert result["per_stream"] == {SUB: 3, OTHER_STREAMS: 2}
+    assert {g[0] for p in sent for g in p.batch.get("gaps", [])} == {SUB}
+    [(_, _last_frame, stopped_at, _)] = _gaps(sent, "feed stopped")
     last_seen = client.hgetall(prefix + LAST_SEEN_KEY)
-    assert set(last_seen) == {small.encode()}
+    assert last_seen == {SUB.encode(): str(stopped_at).encode()}  # the next feed's restart gap starts there
+    client.close()
+
+
+def test_frames_never_published_at_stop_become_gaps_and_are_not_claimed_as_seen(
+    redis_url: str, broker_prefix: str
+) -> None:
+    """Redis refuses the frame batches until the feed gives up at stop: the frames are recorded as a gap, and the
+    last-seen time left for the next feed is the earliest of them, not the stop time."""
+    prefix = f"{broker_prefix}feedpub-{uuid.uuid4().hex[:6]}:"
+    stop = threading.Event()
+    sent: list[PendingBatch] = []
+    refused: list[PendingBatch] = []
+
+    def send(pending: PendingBatch) -> None:
+        if pending.n_frames:
+            refused.append(pending)
+            stop.set()  # stop while the broker refuses
+            raise ConnectionError("OOM command not allowed when used memory > 'maxmemory'")
+        sent.append(pending)
+
+    client = redis.Redis.from_url(redis_url)
+    with _server([_book(SUB, i) for i in range(1, 4)]) as port:
+        settings = Settings(
+            url=f"ws://127.0.0.1:{port}/stream?streams={SUB}", redis_url=redis_url, broker_key_prefix=prefix
+        )
+        feed, result = _feed(settings, send, stop)
+        feed.join(60)
+    assert not feed.is_alive()
+    times = sorted({ns for p in refused for ns, _ in p.batch["frames"]})
+    assert len(times) == 3 and result["unpublished_frames"] == 3 and result["published_frames"] == 0
+    [(_, start, end, _)] = _gaps(sent, UNPUBLISHED_REASON)
+    assert (start, end) == (times[0], times[-1])
+    assert _gaps(sent, "feed stopped")
+    assert client.hgetall(prefix + LAST_SEEN_KEY) == {SUB.encode(): str(times[0]).encode()}
     client.close()

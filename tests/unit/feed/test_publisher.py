@@ -135,21 +135,48 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     assert send.attempts == ["feed-1"] * 13
 
 
-def test_stop_during_outage_gives_up_after_five_attempts(caplog: pytest.LogCaptureFixture) -> None:
+def test_stop_during_outage_gives_up_after_five_attempts_and_five_tries_of_the_gaps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     send = FakeSender(failures=10**6)
     sleeps: list[float] = []
     pub = make_publisher(send, sleeps=sleeps)
-    pub.enqueue(frames(0, 3))
+    a, b = book("btcusdt@depth20"), book("ethusdt@depth20")
+    pub.enqueue([(10, a), (20, b)])
+    pub.enqueue([(30, a)])
 
     drain(pub)
 
-    assert len(send.attempts) == 5
-    assert len(sleeps) == 4
-    assert pub.pending_frames() == 3
+    assert send.attempts == ["feed-1"] * 5 + ["feed-3"] * 5  # the frames, then the gaps recording them
+    assert len(sleeps) == 4 + 4
+    assert pub.pending_frames() == 0 and pub.stats.unpublished_frames == 3
     assert pub.stats.published_frames == 0
-    assert "stopping with 3 frames unpublished: broker unreachable" in [
-        r.getMessage() for r in caplog.records if r.levelno == logging.ERROR
+    assert pub.unpublished_since == {"btcusdt@depth20": 10, "ethusdt@depth20": 20}
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "stopping with 3 frames unpublished: broker unreachable; recorded as gaps of 2 streams",
+        "stopping with 2 gaps and 0 feed rejections unpublished: broker unreachable",
     ]
+
+
+def test_stop_during_outage_publishes_the_gaps_if_the_broker_comes_back() -> None:
+    send = FakeSender(failures=7)  # 5 tries of the frames, 2 of the gaps
+    pub = make_publisher(send)
+    a, b = book("btcusdt@depth20"), book("ethusdt@depth20")
+    pub.enqueue([(10, a), (20, b), (25, a)])
+    pub.enqueue([(30, a)])
+    pub.enqueue_gap(("btcusdt@depth20", 30, 40, "feed stopped"))
+
+    drain(pub)
+
+    reason = "frames not published: feed stopped while Redis was full or unreachable"
+    assert sorted(gaps_sent(send.delivered)) == [
+        ("btcusdt@depth20", 10, 30, reason),
+        ("btcusdt@depth20", 30, 40, "feed stopped"),
+        ("ethusdt@depth20", 20, 20, reason),
+    ]
+    assert [p.n_frames for p in send.delivered] == [0, 0]  # the gap batch retried, then the new gaps
+    assert pub.stats.unpublished_frames == 4
 
 
 def test_overflow_drops_oldest_batches_and_counts_them(caplog: pytest.LogCaptureFixture) -> None:
@@ -383,6 +410,50 @@ def test_publishing_holds_above_the_high_water_mark_and_resumes_below(caplog: py
     assert len(warnings) == 2 and "above its high-water mark (850 of 1000 bytes" in warnings[0]
 
 
+def test_a_failing_high_water_check_warns_once_per_run_of_failures(caplog: pytest.LogCaptureFixture) -> None:
+    broker = FakeBroker(used=100)
+    pub = Publisher(FakeSender(), max_buffered_frames=10, broker_memory=broker.memory, clock=broker.clock)
+    for error in (PermissionError("NOPERM this user has no permissions to run the 'info' command"),) * 3 + (
+        None,
+        ConnectionError("gone"),
+        ConnectionError("gone"),
+    ):
+        broker.error = error
+        broker.now += 1.0
+        assert pub._above_high_water() is False
+    assert broker.checks == 6 and pub.stats.high_water_check_failures == 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "high-water check failed (PermissionError: NOPERM this user has no permissions to run the 'info' command): "
+        "publishing unchecked",
+        "high-water check works again",
+        "high-water check failed (ConnectionError: gone): publishing unchecked",
+    ]
+
+
+def test_a_backlog_flush_rechecks_high_water_every_mebibyte() -> None:
+    broker = FakeBroker(used=0)
+    send = FakeSender(on_send=lambda p: setattr(broker, "used", broker.used + p.n_bytes))
+    pub = Publisher(
+        send,
+        max_buffered_frames=10_000,
+        max_buffered_bytes=1 << 30,
+        feed_id="hw",
+        sleep=lambda s: setattr(broker, "now", broker.now + s),
+        broker_memory=broker.memory,
+        high_water=0.8,
+        clock=broker.clock,
+    )
+    broker.maxmemory = 2 << 20  # the mark is 1.6 MiB; the backlog is 20 x 256 KiB, sent within one (fake) second
+    big = book("btcusdt@depth20") + " " * (256 * 1024)
+    for i in range(20):
+        pub.enqueue([(i, big)])
+    drain(pub)
+    assert pub.stats.high_water_pauses == 1
+    # Checked after every MiB (4 frames): below after 4, above after 8; without that, all 20 would go at once.
+    assert pub.stats.published_frames == 8
+
+
 def test_high_water_check_failing_or_no_maxmemory_keeps_publishing() -> None:
     for used, maxmemory, error in ((10**9, 0, None), (900, 1_000, ConnectionError("gone"))):
         broker = FakeBroker(used=used, maxmemory=maxmemory)
@@ -394,17 +465,87 @@ def test_high_water_check_failing_or_no_maxmemory_keeps_publishing() -> None:
         assert len(send.delivered) == 1 and not pub.stats.paused_high_water
 
 
-def test_stop_while_above_high_water_gives_up_after_five_checks(caplog: pytest.LogCaptureFixture) -> None:
+def test_stop_while_above_high_water_holds_frames_but_publishes_gaps(caplog: pytest.LogCaptureFixture) -> None:
     broker = FakeBroker(used=1_000)
     send = FakeSender()
     pub = Publisher(
         send,
         max_buffered_frames=10,
+        feed_id="hw",
         sleep=lambda s: setattr(broker, "now", broker.now + s),
         broker_memory=broker.memory,
         clock=broker.clock,
     )
-    pub.enqueue(frames(0, 3))
+    a = book("btcusdt@depth20")
+    pub.enqueue([(10, a), (20, a), (30, a)])
+    pub.enqueue_gap(("btcusdt@depth20", 30, 50, "feed stopped"))
+    pub.enqueue_rejected(40, "message of 70000 bytes exceeds the 65536-byte limit", "{")
     drain(pub)
-    assert send.attempts == [] and pub.pending_frames() == 3
+    assert pub.stats.published_frames == 0 and pub.stats.unpublished_frames == 3
+    reason = "frames not published: feed stopped while Redis was full or unreachable"
+    assert sorted(gaps_sent(send.delivered)) == [
+        ("btcusdt@depth20", 10, 30, reason),
+        ("btcusdt@depth20", 30, 50, "feed stopped"),
+    ]
+    assert [len(p.batch.get("rejected", [])) for p in send.delivered] == [0, 1, 0]  # gaps, rejection, last gaps
+    assert pub.unpublished_since == {"btcusdt@depth20": 10}
     assert "stopping with 3 frames unpublished: Redis above high water" in caplog.text
+
+
+def test_the_earliest_dropped_frame_counts_as_unpublished_when_its_gap_is_not_published() -> None:
+    send = FakeSender(failures=10**6)
+    pub = make_publisher(send, max_buffered_frames=2)
+    a = book("btcusdt@depth20")
+    pub.enqueue([(5, a), (6, a)])
+    pub.enqueue([(7, a), (8, a)])  # drops 5 and 6: their gap is pending
+    drain(pub)
+    assert pub.stats.dropped_frames == 2 and pub.unpublished_since == {"btcusdt@depth20": 5}
+
+
+# --- pending gaps merge into one batch (bounded) -------------------------------------------------------------------
+
+
+def test_gaps_during_an_outage_merge_per_stream_and_kind_into_one_batch() -> None:
+    pub: Publisher
+    peak: list[int] = []
+    streams = ["s0usdt@depth20", "s1usdt@depth20"]
+
+    def outage_meanwhile(pending: PendingBatch) -> None:
+        if len(send.attempts) <= send.failures:
+            base = len(send.attempts) * 1_000
+            for i in range(300):  # the reader goes on: reconnects, stalls and resets of two streams
+                stream = streams[i % 2]
+                pub.enqueue_gap((stream, base + i, base + i + 1, f"reconnected: attempt {len(send.attempts)}"))
+                pub.enqueue_gap((stream, base + i, base + i + 2, "stalled"))
+                pub.enqueue_gap((stream, base + i, base + i + 3, f"lastUpdateId reset from {i + 9} to {i}"))
+            peak.append(pub.pending_batches())
+
+    send = FakeSender(failures=3, on_send=outage_meanwhile)
+    pub = make_publisher(send)
+    pub.enqueue(frames(0, 1))
+    drain(pub)
+
+    assert max(peak) <= 2  # the frame batch being retried and one set of merged gaps
+    gap_batches = [p for p in send.delivered if p.batch.get("gaps")]
+    assert len(gap_batches) == 1
+    # 450 gaps of each stream and kind: spans merged, the first reason kept with a count of the differing ones
+    assert sorted(gaps_sent(send.delivered)) == [
+        ("s0usdt@depth20", 1_000, 3_299, "reconnected: attempt 1 (and 300 more)"),
+        ("s0usdt@depth20", 1_000, 3_300, "stalled"),
+        ("s0usdt@depth20", 1_000, 3_301, "lastUpdateId reset from 9 to 0 (and 447 more)"),
+        ("s1usdt@depth20", 1_001, 3_300, "reconnected: attempt 1 (and 300 more)"),
+        ("s1usdt@depth20", 1_001, 3_301, "stalled"),
+        ("s1usdt@depth20", 1_001, 3_302, "lastUpdateId reset from 10 to 1 (and 447 more)"),
+    ]
+
+
+def test_pending_gaps_are_capped_by_stream_and_the_rest_counted() -> None:
+    send = FakeSender()
+    pub = make_publisher(send)
+    for i in range(2_100):
+        pub.enqueue_gap((f"s{i}@depth20", i, i + 1, "stalled"))
+    pub.enqueue_gap(("s0@depth20", 0, 1, "feed stopped"))  # a stream already pending: another kind is kept
+    assert pub.pending_batches() == 1
+    drain(pub)
+    assert len(gaps_sent(send.delivered)) == 2_048 + 1
+    assert pub.stats.gaps_not_recorded == 2_100 - 2_048

@@ -9,7 +9,7 @@ import pytest
 
 from feed.batcher import Batcher
 from feed.publisher import Publisher
-from feed.service import _capped, _changed_last_seen, run_feed
+from feed.service import _capped, _changed_last_seen, _final_last_seen, run_feed
 from feed.stream import StreamClient
 from models.errors import ConfigError
 from models.settings import ReconnectPolicy, Settings
@@ -86,3 +86,9 @@ def test_last_seen_writes_only_changed_subscribed_streams() -> None:
     assert _changed_last_seen(("a", "b"), last_seen, written) == {"b": 5}
     written["b"] = 5
     assert _changed_last_seen(("a", "b", "c"), last_seen, written) == {}
+
+
+def test_last_seen_left_for_the_next_feed_is_the_stop_time_or_the_earliest_unpublished_frame() -> None:
+    stopped = {"a": 100, "b": 100}
+    unpublished = {"b": 40, "junk": 1}  # a stream not subscribed gets nothing
+    assert _final_last_seen(("a", "b", "c"), stopped, unpublished) == {"a": 100, "b": 40}

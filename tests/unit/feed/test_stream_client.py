@@ -135,24 +135,72 @@ def test_ids_going_back_after_a_reconnect_are_a_reset_gap_and_the_frames_are_for
     client, gaps, _ = _gap_client()
     got: list[str] = []
     client._on_frame = lambda ns, raw: got.append(raw)
-    client._handle(100, _frame(500))
-    client._handle(200, _frame(501))
+    client._handle(100, _frame(500_000))
+    client._handle(200, _frame(500_001))
     del gaps[:]
     client._interrupt_all("reconnected: server closed the connection")
-    client._handle(900, _frame(501))  # the server repeats its last book: still a duplicate
+    client._handle(900, _frame(500_001))  # the server repeats its last book: still a duplicate
     client._handle(950, _frame(3))  # ids restarted
     client._handle(960, _frame(4))
     client._handle(970, _frame(3))  # stale again within the new sequence
-    assert got == [_frame(500), _frame(501), _frame(3), _frame(4)]
+    assert got == [_frame(500_000), _frame(500_001), _frame(3), _frame(4)]
     assert gaps == [
         (
             "btcusdt@depth20",
             200,
             950,
-            "reconnected: server closed the connection; lastUpdateId reset from 501 to 3",
+            "reconnected: server closed the connection; lastUpdateId reset from 500001 to 3",
         )
     ]
     assert client.stats.duplicates == 2
+
+
+def test_a_server_a_few_updates_behind_after_a_reconnect_is_not_forwarded_twice() -> None:
+    client, gaps, _ = _gap_client()
+    got: list[str] = []
+    client._on_frame = lambda ns, raw: got.append(raw)
+    for ns, luid in enumerate([1000, 1001, 1002], start=100):
+        client._handle(ns, _frame(luid))
+    del gaps[:]
+    client._interrupt_all("reconnected: server closed the connection")
+    for ns, luid in enumerate([1000, 1001, 1002, 1003], start=900):  # two updates behind
+        client._handle(ns, _frame(luid))
+    assert got == [_frame(1000), _frame(1001), _frame(1002), _frame(1003)]
+    assert client.stats.duplicates == 3
+    assert gaps == [("btcusdt@depth20", 102, 903, "reconnected: server closed the connection")]
+
+
+def test_a_bogus_jump_forward_is_undone_by_the_next_real_id() -> None:
+    client, gaps, _ = _gap_client()
+    got: list[str] = []
+    client._on_frame = lambda ns, raw: got.append(raw)
+    client._handle(100, _frame(1000))
+    client._handle(110, _frame(900_000))  # bogus, yet in range
+    del gaps[:]
+    for ns, luid in enumerate([1001, 1002, 1003], start=120):
+        client._handle(ns, _frame(luid))
+    assert got == [_frame(1000), _frame(900_000), _frame(1001), _frame(1002), _frame(1003)]
+    assert gaps == [("btcusdt@depth20", 110, 120, "lastUpdateId reset from 900000 to 1001")]
+    assert client.stats.duplicates == 0
+
+
+def test_a_small_bogus_jump_silences_at_most_its_span_and_that_silence_is_a_stall_gap() -> None:
+    client, gaps, clock = _gap_client()  # stall timeout 5 s
+    got: list[str] = []
+    client._on_frame = lambda ns, raw: got.append(raw)
+    client._handle(clock.ns, _frame(1000))
+    client._handle(clock.ns, _frame(1500))  # 500 ahead: not a reset when the real ids resume below it
+    jumped = clock.ns
+    del gaps[:]
+    for luid in range(1001, 1501):  # one update every 20 ms: 10 s of real updates hidden behind the jump
+        clock.ns += 20_000_000
+        client._handle(clock.ns, _frame(luid))
+        client.check_stalls()
+    clock.ns += 20_000_000
+    client._handle(clock.ns, _frame(1501))
+    assert got == [_frame(1000), _frame(1500), _frame(1501)]
+    assert client.stats.duplicates == 500
+    assert gaps == [("btcusdt@depth20", jumped, clock.ns, "stalled")]
 
 
 def test_a_small_step_back_without_interruption_is_stale_a_huge_one_is_a_reset() -> None:
@@ -207,3 +255,65 @@ def test_run_ends_with_a_feed_stopped_gap_per_stream_that_had_frames() -> None:
     stop.set()
     client.run(stop)
     assert gaps == [("btcusdt@depth20", seen, clock.ns, "feed stopped")]  # ethusdt had no frame: nothing to stop
+
+
+def test_the_next_process_starts_its_restart_gap_where_this_one_reported_its_stop() -> None:
+    client, gaps, clock = _gap_client()
+    client._handle(clock.ns, _frame(1))
+    clock.ns += 3 * 10**9
+    stop = threading.Event()
+    stop.set()
+    client.run(stop)
+    assert gaps[-1] == ("btcusdt@depth20", clock.ns - 3 * 10**9, clock.ns, "feed stopped")
+    assert client.stopped == {"btcusdt@depth20": clock.ns}  # what the feed saves as last seen for the next process
+
+
+# --- reconnect backoff ---------------------------------------------------------------------------------------------
+
+
+class _RecordingStop(threading.Event):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout or 0.0)
+        return self.is_set()
+
+
+class _FakeSocket:
+    def close(self, timeout: float = 0) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+class _FakeBuffer:
+    oversized = False
+
+
+@pytest.mark.parametrize("lasted_s", [0.2, 11.0])
+def test_connections_that_end_quickly_back_off_like_failed_connects(lasted_s: float) -> None:
+    """A server that accepts, sends a frame and closes must not be reconnected to in a tight loop."""
+    client, _, clock = _gap_client()
+    stop = _RecordingStop()
+    sessions: list[int] = []
+
+    def read(ws: object, buf: object, stop_: threading.Event) -> None:
+        sessions.append(clock.ns)
+        clock.ns += int(lasted_s * 1e9)
+        if len(sessions) == 6:
+            stop_.set()
+        raise _Reconnect("server closed the connection")
+
+    client._connect = lambda stop_: (_FakeSocket(), _FakeBuffer())  # type: ignore[assignment, method-assign, return-value]
+    client._read = read  # type: ignore[method-assign, assignment]
+    client.run(stop)
+    assert client.stats.reconnects == 5
+    if lasted_s < 10:
+        assert len(stop.waits) == 5
+        for failures, delay in enumerate(stop.waits, start=1):  # doubling, as after failed connects
+            assert client.policy.backoff_s(failures) / 2 <= delay <= client.policy.backoff_s(failures)
+    else:
+        assert stop.waits == []  # a connection that lasted is followed by an immediate reconnect

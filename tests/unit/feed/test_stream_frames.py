@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
@@ -102,14 +103,14 @@ class _Run:
     gaps: list[tuple[str, int, int, str]] = field(default_factory=list)
 
 
-Feed = Callable[[list[Script]], tuple[StreamClient, _Run]]
+Feed = Callable[..., tuple[StreamClient, _Run]]
 
 
 @pytest.fixture
 def feed() -> Iterator[Feed]:
     started: list[tuple[threading.Event, threading.Thread, _RawServer]] = []
 
-    def start(scripts: list[Script]) -> tuple[StreamClient, _Run]:
+    def start(scripts: list[Script], **policy: Any) -> tuple[StreamClient, _Run]:
         server = _RawServer(scripts)
         out = _Run()
         client = StreamClient(
@@ -117,13 +118,14 @@ def feed() -> Iterator[Feed]:
             on_frame=lambda ns, raw: out.frames.append(raw),
             on_gap=lambda *g: out.gaps.append(g),
             on_reject=lambda *r: out.rejects.append(r),
-            policy=replace(ReconnectPolicy.default(), silence_timeout_s=1.0),
+            policy=replace(ReconnectPolicy.default(), **{"silence_timeout_s": 1.0, **policy}),
             max_frame_bytes=CAP,
         )
         stop = threading.Event()
         thread = threading.Thread(target=client.run, args=(stop,), daemon=True)
         thread.start()
         started.append((stop, thread, server))
+        client.stop_event, client.thread = stop, thread  # type: ignore[attr-defined]
         return client, out
 
     yield start
@@ -198,3 +200,37 @@ def test_a_message_that_never_completes_is_timed_out(feed: Feed, trickle: Script
     client, out = feed([trickle, _send(_frame(_book(2)))])
     wait_for(lambda: out.frames == [_book(2).decode()], 10, "a reconnect and the next connection's frame")
     assert client.stats.reconnects >= 1
+
+
+@pytest.mark.parametrize("trickle", [_trickle_fragments, _trickle_bytes], ids=["fragments", "bytes"])
+def test_stop_is_prompt_while_a_message_trickles_in(feed: Feed, trickle: Script) -> None:
+    """The silence watchdog would end this connection only after 60 s; stop must not wait for it."""
+    started = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        started.set()
+        trickle(conn)
+
+    client, out = feed([script], silence_timeout_s=60.0)
+    wait_for(started.is_set, 10, "the trickle")
+    wait_for(lambda: client.stats.connected, 10, "the connection")
+    client.stop_event.set()  # type: ignore[attr-defined]
+    client.thread.join(5)  # type: ignore[attr-defined]
+    assert not client.thread.is_alive()  # type: ignore[attr-defined]
+    assert out.frames == [] and client.stats.reconnects == 0
+
+
+def test_a_connection_the_server_closed_is_closed_at_once(feed: Feed) -> None:
+    """websocket-client's close() does nothing once it has answered the server's close frame: the socket must
+    still be closed then, not left to the garbage collector (the next connect is 15 s or more away here)."""
+    eof = threading.Event()
+
+    def close_then_wait(conn: socket.socket) -> None:
+        conn.sendall(_frame(_book(1)) + _frame(struct.pack("!H", 1000), opcode=0x8))
+        while conn.recv(4096):
+            pass
+        eof.set()
+
+    client, _ = feed([close_then_wait], backoff_base_s=30.0)
+    wait_for(lambda: client.stats.reconnects == 1, 10, "the server's close")
+    wait_for(eof.is_set, 5, "the client's socket closed")

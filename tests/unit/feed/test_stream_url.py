@@ -7,6 +7,7 @@ import pytest
 
 from feed.stream import build_url, peek
 from models.errors import ConfigError
+from models.vocabulary import Speed
 from tests.factories import depth_samples, diff_depth_sample, make_frame
 
 pytestmark = pytest.mark.unit
@@ -40,7 +41,7 @@ def test_endpoint_gets_the_streams_of_the_symbols(url: str, expected: str) -> No
         (5, "1000ms", "btcusdt@depth5"),
     ],
 )
-def test_depth_and_speed_suffixes(depth: int, speed: str, streams: str) -> None:
+def test_depth_and_speed_suffixes(depth: int, speed: Speed, streams: str) -> None:
     url = build_url("wss://stream.binance.com:9443", symbols=("btcusdt",), depth=depth, speed=speed)
     assert url == f"wss://stream.binance.com:9443/stream?streams={streams}"
 

@@ -68,7 +68,7 @@ class ReconnectPolicy:
     silence_timeout_s: float  # no complete message this long: reconnect
     stall_timeout_s: float  # one stream silent this long while connected: a gap
     max_connection_age_s: float  # planned reconnect before the server's connection lifetime ends
-    max_reconnect_attempts: int  # failed connects in a row before giving up; 0: retry forever
+    max_reconnect_attempts: int  # failed connects (or connections under 10 s) in a row; 0: forever
     backoff_base_s: float = 0.5  # delay after the first failed connect, doubled after each further one...
     backoff_cap_s: float = 30.0  # ...up to this (each delay then drawn uniformly from its upper half)
 

@@ -1,4 +1,6 @@
-"""The feed process: websocket reader -> batcher -> publisher thread -> Redis, with live stats in Redis."""
+"""The one home of the feed process's wiring: websocket reader (stream.py, frames.py, ids.py) -> batcher.py ->
+outage buffer and publisher thread (outage.py, gaps.py, publisher.py) -> Redis (broker.py), with live stats and each
+stream's last-seen time in Redis."""
 
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ from typing import Any
 import redis
 
 from feed.batcher import Batcher
-from feed.publisher import PendingBatch, Publisher, make_celery_sender
-from feed.stream import StreamClient, peek
+from feed.broker import make_celery_sender
+from feed.ids import peek
+from feed.outage import PendingBatch
+from feed.publisher import Publisher
+from feed.stream import StreamClient
 from models.settings import Settings
 
 __all__ = ["STATS_PREFIX", "read_feed_stats", "run_feed"]
@@ -47,101 +52,104 @@ def run_feed(
     batcher = Batcher.from_settings(settings, emit=publisher.enqueue, clock_ns=time.monotonic_ns)
     gaps = 0
     # Live stats and last-seen times (best effort; the publisher has its own connection for the batches).
-    state = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-    last_seen_key = key_prefix + LAST_SEEN_KEY
+    # Closed on the way out: run_feed may be called inside a longer-lived process (tests do).
+    with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as state:
+        last_seen_key = key_prefix + LAST_SEEN_KEY
 
-    def on_gap(stream: str, start_ns: int, end_ns: int, reason: str) -> None:
-        nonlocal gaps
-        gaps += 1
-        publisher.enqueue_gap((stream, start_ns, end_ns, reason))
-        logger.warning("gap of %.1fs on %s (%s)", (end_ns - start_ns) / 1e9, stream, reason)
+        def on_gap(stream: str, start_ns: int, end_ns: int, reason: str) -> None:
+            nonlocal gaps
+            gaps += 1
+            publisher.enqueue_gap((stream, start_ns, end_ns, reason))
+            logger.warning("gap of %.1fs on %s (%s)", (end_ns - start_ns) / 1e9, stream, reason)
 
-    def on_frame(received_ns: int, raw: str) -> None:
-        if ledger is not None:
-            stream, luid = peek(raw)
-            ledger.write(f"{received_ns}\t{stream or ''}\t{'' if luid is None else luid}\n")
-        batcher.add((received_ns, raw))
+        def on_frame(received_ns: int, raw: str) -> None:
+            if ledger is not None:
+                stream, luid = peek(raw)
+                ledger.write(f"{received_ns}\t{stream or ''}\t{'' if luid is None else luid}\n")
+            batcher.add((received_ns, raw))
 
-    client = StreamClient.from_settings(
-        settings,
-        on_frame=on_frame,
-        on_gap=on_gap,
-        on_reject=publisher.enqueue_rejected,
-        # Where the previous feed process left off: the time until our first frame is a gap.
-        last_seen=_load_last_seen(state, last_seen_key),
-    )
-    # Audit (make chaos): one line per forwarded frame (received_ns, stream, lastUpdateId).
-    ledger = open(settings.ledger_path, "a", buffering=1 << 16) if settings.ledger_path else None  # noqa: SIM115
-    if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    reader_done = threading.Event()
-    pub_stop = threading.Event()
-    pub_thread = threading.Thread(target=publisher.run, args=(pub_stop,), name="publisher", daemon=True)
-    pub_thread.start()
-    stats_key = key_prefix + STATS_PREFIX + feed_id
+        client = StreamClient.from_settings(
+            settings,
+            on_frame=on_frame,
+            on_gap=on_gap,
+            on_reject=publisher.enqueue_rejected,
+            # Where the previous feed process left off: the time until our first frame is a gap.
+            last_seen=_load_last_seen(state, last_seen_key),
+        )
+        # Audit (make chaos): one line per forwarded frame (received_ns, stream, lastUpdateId).
+        ledger = open(settings.ledger_path, "a", buffering=1 << 16) if settings.ledger_path else None  # noqa: SIM115
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+        reader_done = threading.Event()
+        pub_stop = threading.Event()
+        pub_thread = threading.Thread(target=publisher.run, args=(pub_stop,), name="publisher", daemon=True)
+        pub_thread.start()
+        stats_key = key_prefix + STATS_PREFIX + feed_id
 
-    def snapshot() -> dict[str, Any]:
-        s, p = client.stats, publisher.stats
-        return {
-            "feed_id": feed_id,
-            "connected": s.connected,
-            "frames": s.frames,
-            "duplicates": s.duplicates,
-            "reconnects": s.reconnects,
-            "per_stream": _capped(s.per_stream, _MAX_STATS_STREAMS),
-            "published_frames": p.published_frames,
-            "buffered_frames": publisher.pending_frames(),
-            "buffered_bytes": p.buffered_bytes,
-            "dropped_frames": p.dropped_frames,
-            "unpublished_frames": p.unpublished_frames,
-            "feed_rejected": p.feed_rejected,
-            "paused_high_water": p.paused_high_water,
-            "gaps": gaps,
-            "ts": time.time(),
-        }
+        def snapshot() -> dict[str, Any]:
+            s, p = client.stats, publisher.stats
+            return {
+                "feed_id": feed_id,
+                "connected": s.connected,
+                "frames": s.frames,
+                "duplicates": s.duplicates,
+                "reconnects": s.reconnects,
+                "per_stream": _capped(s.per_stream, _MAX_STATS_STREAMS),
+                "published_frames": p.published_frames,
+                "buffered_frames": publisher.pending_frames(),
+                "buffered_bytes": p.buffered_bytes,
+                "dropped_frames": p.dropped_frames,
+                "unpublished_frames": p.unpublished_frames,
+                "feed_rejected": p.feed_rejected,
+                "paused_high_water": p.paused_high_water,
+                "gaps": gaps,
+                "ts": time.time(),
+            }
 
-    written: dict[str, int] = {}  # last_seen as last written to Redis
+        written: dict[str, int] = {}  # last_seen as last written to Redis
 
-    def save_state(stats: dict[str, Any], ttl_s: int, last_seen: dict[str, int] | None = None) -> None:
-        # Best effort: the publisher reports broker trouble; these only feed `bookfeed up` and the next feed.
-        with contextlib.suppress(redis.RedisError):
-            state.set(stats_key, json.dumps(stats), ex=ttl_s)
-            changed = _changed_last_seen(client.streams, client.last_seen if last_seen is None else last_seen, written)
-            if changed:
-                state.hset(last_seen_key, mapping={k: str(v) for k, v in changed.items()})
-                written.update(changed)
+        def save_state(stats: dict[str, Any], ttl_s: int, last_seen: dict[str, int] | None = None) -> None:
+            # Best effort: the publisher reports broker trouble; these only feed `bookfeed up` and the next feed.
+            with contextlib.suppress(redis.RedisError):
+                state.set(stats_key, json.dumps(stats), ex=ttl_s)
+                changed = _changed_last_seen(
+                    client.streams, client.last_seen if last_seen is None else last_seen, written
+                )
+                if changed:
+                    state.hset(last_seen_key, mapping={k: str(v) for k, v in changed.items()})
+                    written.update(changed)
 
-    def ticker() -> None:
-        next_stats = 0.0
-        while not reader_done.is_set():
-            reader_done.wait(min(0.05, batcher.seconds_until_due()))
-            batcher.flush_if_due()
-            if time.monotonic() >= next_stats:
-                next_stats = time.monotonic() + 1.0
-                client.check_stalls()
-                save_state(snapshot(), 15)
+        def ticker() -> None:
+            next_stats = 0.0
+            while not reader_done.is_set():
+                reader_done.wait(min(0.05, batcher.seconds_until_due()))
+                batcher.flush_if_due()
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + 1.0
+                    client.check_stalls()
+                    save_state(snapshot(), 15)
 
-    tick = threading.Thread(target=ticker, name="ticker", daemon=True)
-    tick.start()
-    if duration_s is not None:
-        timer = threading.Timer(duration_s, stop.set)
-        timer.daemon = True
-        timer.start()
-    try:
-        client.run(stop)
-    finally:
-        reader_done.set()
-        tick.join()
-        batcher.flush()
-        pub_stop.set()
-        pub_thread.join()
-        if ledger is not None:
-            ledger.close()
-        final = snapshot()
-        save_state(final, 60, _final_last_seen(client.streams, client.stopped, publisher.unpublished_since))
-        logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
-    return final
+        tick = threading.Thread(target=ticker, name="ticker", daemon=True)
+        tick.start()
+        if duration_s is not None:
+            timer = threading.Timer(duration_s, stop.set)
+            timer.daemon = True
+            timer.start()
+        try:
+            client.run(stop)
+        finally:
+            reader_done.set()
+            tick.join()
+            batcher.flush()
+            pub_stop.set()
+            pub_thread.join()
+            if ledger is not None:
+                ledger.close()
+            final = snapshot()
+            save_state(final, 60, _final_last_seen(client.streams, client.stopped, publisher.unpublished_since))
+            logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
+        return final
 
 
 def _capped(counts: dict[str, int], cap: int) -> dict[str, int]:

@@ -1,10 +1,9 @@
-"""The one home of websocket code: URL building, connecting with capped backoff, the silence watchdog, the
-planned reconnect before Binance's 24-hour cut-off, and a cap on message size. Frames go out raw, with their receive
-time stamped first; nothing here parses more than the stream name and lastUpdateId."""
+"""The one home of the feed's websocket connection: the combined-stream URL, the read loop with capped backoff
+and the planned reconnect before Binance's 24-hour cut-off, the lastUpdateId filter, and the gaps of each stream.
+Frames go out raw, their receive time stamped first; framing lives in feed/frames.py, reading ids in feed/ids.py."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import threading
@@ -13,27 +12,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-import orjson
 import websocket
-from websocket._abnf import ABNF, continuous_frame, frame_buffer
 
+from feed.frames import (
+    EXCERPT_CHARS,
+    CappedFrameBuffer,
+    MessageTooLarge,
+    Reconnect,
+    close_socket,
+    forget_fragments,
+    open_socket,
+)
+from feed.ids import control_event, is_reset, is_whole_frame, peek
 from models.errors import ConfigError, RetriesExhaustedError
 from models.settings import ReconnectPolicy, Settings
 from models.vocabulary import MAX_FRAME_BYTES, Speed, stream_name
 
-__all__ = ["OTHER_STREAMS", "StreamClient", "StreamStats", "build_url", "peek"]
+__all__ = ["OTHER_STREAMS", "StreamClient", "StreamStats", "build_url"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_STREAM_NAME = 100  # Binance's names are ~30 characters; a longer one is not ours and is never stored
-_MAX_LAST_UPDATE_ID = 2**63 - 1  # the worker's (and PostgreSQL bigint's) range
-_RESET_JUMP = 1_000_000  # ids this far back are a server reset, not a stale frame...
-_RESET_MIN_JUMP = 1_000  # ...and so are ids at most half the last one and more than this far back (see _is_reset)
 _STABLE_S = 10.0  # a connection that lasted less (or less than the silence timeout) counts as a failed attempt
 _STARTED_NS = 1_000  # a "feed started" gap ends at the stream's first frame and lasts this long
-_EXCERPT_CHARS = 1024  # what on_reject gets of a message refused here
 OTHER_STREAMS = "?"  # the one per_stream counter for frames of streams not subscribed (or of no stream)
-_DATA_OPCODES = (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT)
 
 
 def build_url(url: str, *, symbols: tuple[str, ...], depth: int, speed: Speed) -> str:
@@ -56,152 +57,6 @@ def build_url(url: str, *, symbols: tuple[str, ...], depth: int, speed: Speed) -
     return urlunsplit((parts.scheme, parts.netloc, f"{base}/stream", f"streams={streams}", ""))
 
 
-def peek(raw: str) -> tuple[str | None, int | None]:
-    """(stream, lastUpdateId) of a combined partial-depth frame by string search, without parsing the levels.
-    A stream name over 100 characters reads as no stream; an id outside [0, 2**63) as no id."""
-    if not raw.startswith('{"stream":"'):
-        return None, None
-    end = raw.find('"', 11, 12 + _MAX_STREAM_NAME)
-    if end < 0:
-        return None, None
-    stream = raw[11:end]
-    i = raw.find('"lastUpdateId":', end)
-    if i < 0:
-        return stream, None
-    j = i + 15
-    k = j
-    while k < len(raw) and "0" <= raw[k] <= "9":  # ASCII only: str.isdigit() accepts "²" and "٩"
-        k += 1
-    if not (j < k <= j + 19 and k < len(raw) and raw[k] in ",}"):
-        return stream, None
-    luid = int(raw[j:k])
-    return stream, (luid if luid <= _MAX_LAST_UPDATE_ID else None)
-
-
-class _Reconnect(Exception):
-    pass
-
-
-class _MessageTooLarge(Exception):
-    """A data message over the cap, read and discarded; `excerpt` holds its first bytes."""
-
-    def __init__(self, reason: str, excerpt: bytes) -> None:
-        super().__init__(reason)
-        self.reason, self.excerpt = reason, excerpt
-
-
-class _CappedFrameBuffer(frame_buffer):
-    """websocket-client neither limits frame sizes nor the sum of a fragmented message's frames, and a message
-    trickled in never times out. This buffer caps the whole message at `max_bytes` from the announced lengths
-    (an oversized one is read in bounded chunks, discarded, then raised as _MessageTooLarge, keeping the connection)
-    and raises _Reconnect once no message has completed for `silence_ns`, even in the middle of one, or as soon as
-    `stop` is set (a message trickled in never returns to the reader's loop)."""
-
-    def __init__(
-        self,
-        recv: Callable[[int], bytes],
-        *,
-        max_bytes: int,
-        silence_ns: int,
-        clock_ns: Callable[[], int],
-        stop: threading.Event,
-    ) -> None:
-        super().__init__(self._recv_in_time, True)
-        self._sock_recv, self._clock_ns, self._stop = recv, clock_ns, stop
-        self.max_bytes, self.silence_ns = max_bytes, silence_ns
-        self.last_message_ns = clock_ns()  # the reader moves it on after each complete message
-        self.message_bytes = 0  # payload bytes of the data message being received
-        self.head = b""  # its first bytes, for the excerpt of a refused message
-        self.oversized = False
-        self._discard_left: int | None = None
-
-    def _recv_in_time(self, bufsize: int) -> bytes:
-        if self._stop.is_set():
-            raise _Reconnect("stopped")
-        now = self._clock_ns()
-        if now - self.last_message_ns > self.silence_ns:
-            raise _Reconnect(f"no complete message for {(now - self.last_message_ns) / 1e9:.0f}s")
-        return self._sock_recv(bufsize)
-
-    def recv_frame(self) -> ABNF:
-        with self.lock:
-            while True:
-                if self.needs_header():
-                    self.recv_header()
-                if self.header is None:
-                    raise websocket.WebSocketProtocolException("Header not received")
-                fin, rsv1, rsv2, rsv3, opcode, has_mask, _ = self.header
-                if self.needs_length():
-                    self.recv_length()
-                    self._account(opcode)
-                if self.needs_mask():
-                    self.recv_mask()
-                if self.oversized and opcode in _DATA_OPCODES:
-                    self._discard_payload()
-                    if fin:
-                        self._refuse()
-                    continue
-                payload = self.recv_strict(self.length or 0)
-                if has_mask:
-                    payload = ABNF.mask(self.mask_value or b"", payload)
-                self.clear()
-                if opcode in _DATA_OPCODES:
-                    if fin:
-                        self.message_bytes, self.head = 0, b""
-                    elif len(self.head) < _EXCERPT_CHARS:  # kept in case a later fragment breaks the cap
-                        self.head += payload[: _EXCERPT_CHARS - len(self.head)]
-                frame = ABNF(fin, rsv1, rsv2, rsv3, opcode, has_mask, payload)
-                frame.validate(self.skip_utf8_validation)
-                return frame
-
-    def _account(self, opcode: int) -> None:
-        """Check a frame's announced length before a byte of its payload is read."""
-        length = self.length or 0
-        if opcode not in _DATA_OPCODES:
-            if length > 125:  # RFC 6455 5.5: control frames are small; never buffer a big one
-                raise websocket.WebSocketProtocolException(f"control frame of {length} bytes")
-            return
-        if opcode != ABNF.OPCODE_CONT:
-            self.message_bytes, self.head = 0, b""
-        self.message_bytes += length
-        if self.message_bytes > self.max_bytes:
-            self.oversized = True
-
-    def _discard_payload(self) -> None:
-        """Read the current frame's payload in chunks of at most 16 KiB, keeping only the excerpt; resumable after
-        a socket timeout."""
-        if self._discard_left is None:
-            self._discard_left = self.length or 0
-        while self._discard_left > 0:
-            chunk = self.recv_strict(min(16384, self._discard_left))
-            self._discard_left -= len(chunk)
-            if len(self.head) < _EXCERPT_CHARS:
-                self.head += chunk[: _EXCERPT_CHARS - len(self.head)]
-        self._discard_left = None
-        self.clear()
-
-    def _refuse(self) -> None:
-        reason = f"message of {self.message_bytes} bytes exceeds the {self.max_bytes}-byte limit"
-        excerpt = self.head
-        self.message_bytes, self.head, self.oversized = 0, b"", False
-        raise _MessageTooLarge(reason, excerpt)
-
-
-class _Fragments(continuous_frame):
-    """Joins a fragmented message in a bytearray: websocket-client's `bytes +=` copies it whole per fragment."""
-
-    def add(self, frame: ABNF) -> None:
-        if self.cont_data:
-            self.cont_data[1] += frame.data
-        else:
-            if frame.opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
-                self.recving_frames = frame.opcode
-            data = frame.data
-            self.cont_data = [frame.opcode, bytearray(data.encode() if isinstance(data, str) else data)]
-        if frame.fin:
-            self.recving_frames = None
-
-
 @dataclass(slots=True)
 class StreamStats:
     frames: int = 0
@@ -217,10 +72,9 @@ class StreamClient:
     """Reads one combined-stream connection forever, reconnecting as needed, and passes frames to `on_frame`.
 
     Frames whose lastUpdateId (in [0, 2**63)) is not above the last one forwarded for their stream are duplicates
-    or stale: they are dropped and counted. An id more than 1,000,000 below it, or at most half of it and more than
-    1,000 below, is a server reset (at any time, reconnect or not): the frame is forwarded, the stream restarts
-    from it and a "lastUpdateId reset" gap is recorded. Only subscribed streams have state;
-    frames of others are forwarded and counted under OTHER_STREAMS. `on_gap(stream, start_ns, end_ns, reason)`
+    or stale: they are dropped and counted, unless the id is a server reset (feed.ids.is_reset): then the frame is
+    forwarded, the stream restarts from it and a "lastUpdateId reset" gap is recorded. Only subscribed streams have
+    state; frames of others are forwarded and counted under OTHER_STREAMS. `on_gap(stream, start_ns, end_ns, reason)`
     is told of every interval in which a stream may have lost data: a reconnect, a stall (no frame for
     `policy.stall_timeout_s`), an id reset, a feed restart (streams passed in `last_seen`, e.g. from the previous
     process; a stream without one gets a short "feed started" gap at its first frame), each running from the stream's
@@ -331,37 +185,28 @@ class StreamClient:
         logger.warning("%s; retry %d in %.1fs", what, failures, delay)
         stop.wait(delay)
 
-    def _session(self, ws: websocket.WebSocket, buf: _CappedFrameBuffer, stop: threading.Event) -> str:
+    def _session(self, ws: websocket.WebSocket, buf: CappedFrameBuffer, stop: threading.Event) -> str:
         """Read one connection until it ends or `stop` is set; returns why it ended."""
         self.stats.connected = True
         logger.info("connected to %s", self._safe_url())
         reason = "stopped"
         try:
             self._read(ws, buf, stop)
-        except _Reconnect as exc:
+        except Reconnect as exc:
             reason = str(exc)
         except (websocket.WebSocketException, OSError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
         finally:
             self.stats.connected = False
-            with contextlib.suppress(Exception):  # closing a broken socket may fail; it is gone either way
-                ws.close(timeout=1)
-            # close() skips a connection the server already closed (it answered the close frame), leaving its socket
-            ws.shutdown()  # type: ignore[no-untyped-call]
+            close_socket(ws)
         if buf.oversized:  # dropped in the middle of discarding a message over the cap
             self._reject(self._clock_ns(), f"{buf.message_bytes}+ bytes, unfinished: {reason}", buf.head)
         return reason
 
-    def _connect(self, stop: threading.Event) -> tuple[websocket.WebSocket, _CappedFrameBuffer]:
-        ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
-        ws.connect(self.url, timeout=10, suppress_origin=True)  # type: ignore[no-untyped-call]
-        buf = _CappedFrameBuffer(
-            ws._recv, max_bytes=self._max_frame_bytes, silence_ns=self._silence_ns, clock_ns=self._clock_ns, stop=stop
+    def _connect(self, stop: threading.Event) -> tuple[websocket.WebSocket, CappedFrameBuffer]:
+        return open_socket(
+            self.url, max_bytes=self._max_frame_bytes, silence_ns=self._silence_ns, clock_ns=self._clock_ns, stop=stop
         )
-        ws.frame_buffer = buf
-        ws.cont_frame = _Fragments(False, True)
-        ws.settimeout(min(1.0, self._silence_ns / 1e9))
-        return ws, buf
 
     def _interrupt_all(self, reason: str) -> None:
         now = self._clock_ns()
@@ -392,21 +237,21 @@ class StreamClient:
                     self._interrupted[s] = (seen, "stalled")
                     logger.warning("stream %s stalled: no frame for %.0fs", s, (now - seen) / 1e9)
 
-    def _read(self, ws: websocket.WebSocket, buf: _CappedFrameBuffer, stop: threading.Event) -> None:
+    def _read(self, ws: websocket.WebSocket, buf: CappedFrameBuffer, stop: threading.Event) -> None:
         opened = self._clock_ns()
         while not stop.is_set():
             try:
                 opcode, data = ws.recv_data()
             except websocket.WebSocketTimeoutException:
-                continue  # the buffer raises _Reconnect once the socket has been silent too long
-            except _MessageTooLarge as exc:
+                continue  # the buffer raises Reconnect once the socket has been silent too long
+            except MessageTooLarge as exc:
                 received_ns = buf.last_message_ns = self._clock_ns()
-                ws.cont_frame = _Fragments(False, True)  # forget the fragments joined before the cap was hit
+                forget_fragments(ws)  # the fragments joined before the cap was hit
                 self._reject(received_ns, exc.reason, exc.excerpt)
                 continue
             received_ns = self._clock_ns()  # stamped before anything else is done with the frame
             if opcode == websocket.ABNF.OPCODE_CLOSE:
-                raise _Reconnect("server closed the connection")
+                raise Reconnect("server closed the connection")
             buf.last_message_ns = received_ns
             try:
                 raw = data.decode("utf-8")
@@ -414,11 +259,11 @@ class StreamClient:
                 raw = data.decode("utf-8", errors="replace")  # the worker will reject it with a reason
             self._handle(received_ns, raw)
             if received_ns - opened > self._max_age_ns:
-                raise _Reconnect("planned reconnect before the server's connection lifetime ends")
+                raise Reconnect("planned reconnect before the server's connection lifetime ends")
 
     def _reject(self, received_ns: int, reason: str, head: bytes) -> None:
         self.stats.rejected += 1
-        excerpt = head.decode("utf-8", errors="replace")[:_EXCERPT_CHARS]
+        excerpt = head.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
         logger.warning("refused a message: %s", reason)
         if self._on_reject is not None:
             self._on_reject(received_ns, reason, excerpt)
@@ -426,9 +271,9 @@ class StreamClient:
     def _handle(self, received_ns: int, raw: str) -> None:
         stream, luid = peek(raw)
         if stream is None:
-            event = _control_event(raw)
+            event = control_event(raw)
             if event == "serverShutdown":
-                raise _Reconnect("server announced shutdown")
+                raise Reconnect("server announced shutdown")
             if event == "reply":
                 return
         elif stream not in self._subscribed:
@@ -437,8 +282,8 @@ class StreamClient:
             last = self._last.get(stream, -1)
             if luid > last:
                 self._last[stream] = luid
-            elif _is_whole_frame(raw, luid):  # a broken frame that only looks stale is forwarded (and rejected)
-                if not _is_reset(last, luid):
+            elif is_whole_frame(raw, luid):  # a broken frame that only looks stale is forwarded (and rejected)
+                if not is_reset(last, luid):
                     self.stats.duplicates += 1
                     return
                 self._last[stream] = luid
@@ -479,40 +324,3 @@ def _streams_of(url: str) -> tuple[str, ...]:
     """The stream names a combined-stream URL subscribes to."""
     streams = parse_qs(urlsplit(url).query).get("streams", [""])[0]
     return tuple(s for s in streams.split("/") if s)
-
-
-def _is_reset(last: int, luid: int) -> bool:
-    """Whether an id at or below the stream's last forwarded one means the server restarted its ids (rather than a
-    stale or repeated frame, e.g. a server a few updates behind after a reconnect): far below it, or at most half of
-    it and well below. The same rule holds at any time, so a bogus jump forward (900000 after 1000) is undone by
-    the next real id (1001 is a reset); a small bogus jump only hides the updates up to it, and the stall check
-    reports that silence as a gap."""
-    back = last - luid
-    return back > _RESET_JUMP or (luid <= last // 2 and back > _RESET_MIN_JUMP)
-
-
-def _is_whole_frame(raw: str, luid: int) -> bool:
-    """True when `raw` really is a partial-depth frame with this lastUpdateId. Only frames about to be dropped as
-    stale are parsed in full, so a truncated or otherwise broken frame is never dropped in silence."""
-    try:
-        msg = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return False
-    data = msg.get("data") if isinstance(msg, dict) else None
-    return isinstance(data, dict) and type(data.get("lastUpdateId")) is int and data["lastUpdateId"] == luid
-
-
-def _control_event(raw: str) -> str | None:
-    """'serverShutdown', 'reply' (a SUBSCRIBE answer) or None (data to forward; the worker judges it)."""
-    if len(raw) > 4096:
-        return None
-    try:
-        msg = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(msg, dict):
-        if msg.get("e") == "serverShutdown":
-            return "serverShutdown"
-        if "id" in msg and ("result" in msg or "error" in msg):
-            return "reply"
-    return None

@@ -4,8 +4,10 @@ Redis every second."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
+import redis
 
 from feed.batcher import Batcher
 from feed.publisher import Publisher
@@ -59,7 +61,7 @@ def test_stream_client_defaults_are_the_settings_defaults() -> None:
 
 def test_publisher_and_batcher_take_their_limits_from_settings() -> None:
     pub = Publisher.from_settings(CUSTOM, lambda p: None)
-    assert (pub._max, pub._max_bytes, pub._high_water) == (5_000, 2 * 1024 * 1024, 0.5)
+    assert (pub._max, pub._max_bytes, pub._high_water.mark) == (5_000, 2 * 1024 * 1024, 0.5)
     batcher = Batcher.from_settings(CUSTOM, emit=lambda frames: None, clock_ns=lambda: 0)
     assert (batcher._max_frames, batcher._max_wait_ns) == (7, 9_000_000)
 
@@ -92,3 +94,25 @@ def test_last_seen_left_for_the_next_feed_is_the_stop_time_or_the_earliest_unpub
     stopped = {"a": 100, "b": 100}
     unpublished = {"b": 40, "junk": 1}  # a stream not subscribed gets nothing
     assert _final_last_seen(("a", "b", "c"), stopped, unpublished) == {"a": 100, "b": 40}
+
+
+def test_run_feed_closes_its_state_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live-stats client is closed when run_feed returns (nothing listens on port 1: every call fails fast)."""
+    made: list[redis.Redis] = []
+    closed: list[redis.Redis] = []
+    from_url, close = redis.Redis.from_url, redis.Redis.close
+
+    def recording_from_url(url: str, **kwargs: Any) -> redis.Redis:
+        client = from_url(url, **kwargs)
+        made.append(client)
+        return client
+
+    def recording_close(self: redis.Redis) -> None:
+        closed.append(self)
+        close(self)
+
+    monkeypatch.setattr(redis.Redis, "from_url", recording_from_url)
+    monkeypatch.setattr(redis.Redis, "close", recording_close)
+    settings = CUSTOM.model_copy(update={"url": "ws://127.0.0.1:1", "redis_url": "redis://127.0.0.1:1/0"})
+    run_feed(settings, duration_s=0.2, send=lambda p: None, install_signals=False)
+    assert len(made) == 1 and closed == made

@@ -1,5 +1,6 @@
-"""StreamClient's frame handling without a socket: stale frames dropped, broken ones forwarded, control events,
-id resets, state kept for subscribed streams only, and the gaps of interruptions, feed start and feed stop."""
+"""feed.stream: the combined-stream URL, and StreamClient without a socket: stale frames dropped, broken ones
+forwarded, control events, id resets, state kept for subscribed streams only, the gaps of interruptions, feed start
+and feed stop, and the reconnect backoff."""
 
 from __future__ import annotations
 
@@ -8,10 +9,101 @@ from dataclasses import replace
 
 import pytest
 
-from feed.stream import OTHER_STREAMS, StreamClient, _Reconnect
+from feed.frames import Reconnect
+from feed.stream import OTHER_STREAMS, StreamClient, build_url
+from models.errors import ConfigError
 from models.settings import ReconnectPolicy
+from models.vocabulary import Speed
 
 pytestmark = pytest.mark.unit
+
+SYMBOLS = ("btcusdt", "ethusdt", "bnbusdt")
+ALL3_100MS = "streams=btcusdt@depth20@100ms/ethusdt@depth20@100ms/bnbusdt@depth20@100ms"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("wss://stream.binance.com:9443", f"wss://stream.binance.com:9443/stream?{ALL3_100MS}"),
+        ("wss://stream.binance.com:9443/", f"wss://stream.binance.com:9443/stream?{ALL3_100MS}"),
+        ("wss://stream.binance.com:9443/ws", f"wss://stream.binance.com:9443/stream?{ALL3_100MS}"),
+        ("wss://stream.binance.com:9443/ws/", f"wss://stream.binance.com:9443/stream?{ALL3_100MS}"),
+        ("ws://127.0.0.1:9000", f"ws://127.0.0.1:9000/stream?{ALL3_100MS}"),
+        ("wss://proxy.example/binance/ws", f"wss://proxy.example/binance/stream?{ALL3_100MS}"),
+    ],
+    ids=["bare", "bare-slash", "ws", "ws-slash", "local", "prefixed-ws"],
+)
+def test_endpoint_gets_the_streams_of_the_symbols(url: str, expected: str) -> None:
+    assert build_url(url, symbols=SYMBOLS, depth=20, speed="100ms") == expected
+
+
+@pytest.mark.parametrize(
+    ("depth", "speed", "streams"),
+    [
+        (20, "100ms", "btcusdt@depth20@100ms"),
+        (20, "1000ms", "btcusdt@depth20"),  # 1000 ms is Binance's default: no suffix
+        (10, "100ms", "btcusdt@depth10@100ms"),
+        (5, "1000ms", "btcusdt@depth5"),
+    ],
+)
+def test_depth_and_speed_suffixes(depth: int, speed: Speed, streams: str) -> None:
+    url = build_url("wss://stream.binance.com:9443", symbols=("btcusdt",), depth=depth, speed=speed)
+    assert url == f"wss://stream.binance.com:9443/stream?streams={streams}"
+
+
+def test_symbols_are_lower_cased_in_stream_names() -> None:
+    url = build_url("wss://h:9443", symbols=("BTCUSDT", "EthUsdt"), depth=5, speed="100ms")
+    assert url == "wss://h:9443/stream?streams=btcusdt@depth5@100ms/ethusdt@depth5@100ms"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("wss://h:9443/ws/btcusdt@depth20@100ms", "wss://h:9443/stream?streams=btcusdt@depth20@100ms"),
+        ("wss://h:9443/ws/btcusdt@depth5/", "wss://h:9443/stream?streams=btcusdt@depth5"),
+        ("ws://h/api/ws/ethusdt@depth10", "ws://h/api/stream?streams=ethusdt@depth10"),
+    ],
+)
+def test_raw_stream_url_becomes_combined(url: str, expected: str) -> None:
+    # The stream named in the URL wins over symbols/depth/speed.
+    assert build_url(url, symbols=SYMBOLS, depth=20, speed="1000ms") == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "wss://stream.binance.com:9443/stream?streams=btcusdt@depth20@100ms/ethusdt@depth5",
+        "wss://stream.binance.com:9443/stream/?streams=btcusdt@depth20",
+        "ws://127.0.0.1:9000/stream?streams=BTCUSDT@depth20&timeUnit=MICROSECOND",
+    ],
+)
+def test_combined_url_is_kept_verbatim(url: str) -> None:
+    assert build_url(url, symbols=SYMBOLS, depth=20, speed="100ms") == url
+
+
+@pytest.mark.parametrize("url", ["wss://h/stream", "wss://h/stream?streams=", "wss://h/stream?other=1"])
+def test_combined_url_without_streams(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"has no \?streams="):
+        build_url(url, symbols=SYMBOLS, depth=20, speed="100ms")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://stream.binance.com:9443",
+        "http://stream.binance.com/ws",
+        "stream.binance.com:9443",
+        "wss://",
+        "wss:///ws/btcusdt@depth20",
+        "",
+    ],
+)
+def test_not_a_websocket_url(url: str) -> None:
+    with pytest.raises(ConfigError, match="not a websocket URL"):
+        build_url(url, symbols=SYMBOLS, depth=20, speed="100ms")
+
+
+# --- StreamClient -----------------------------------------------------------------------------------------------------
 
 
 def _client() -> tuple[StreamClient, list[tuple[int, str]]]:
@@ -48,7 +140,7 @@ def test_server_shutdown_event_triggers_a_reconnect_and_replies_are_ignored() ->
     client, got = _client()
     client._handle(1, '{"result":null,"id":1}')
     assert got == []
-    with pytest.raises(_Reconnect):
+    with pytest.raises(Reconnect):
         client._handle(2, '{"e":"serverShutdown","E":1790000000000}')
 
 
@@ -305,7 +397,7 @@ def test_connections_that_end_quickly_back_off_like_failed_connects(lasted_s: fl
         clock.ns += int(lasted_s * 1e9)
         if len(sessions) == 6:
             stop_.set()
-        raise _Reconnect("server closed the connection")
+        raise Reconnect("server closed the connection")
 
     client._connect = lambda stop_: (_FakeSocket(), _FakeBuffer())  # type: ignore[assignment, method-assign, return-value]
     client._read = read  # type: ignore[method-assign, assignment]

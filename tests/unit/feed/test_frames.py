@@ -1,6 +1,6 @@
-"""StreamClient against a raw in-test websocket server on loopback: the size cap covers a whole (fragmented)
-message, an oversized one is refused through on_reject without being buffered, and a message that never
-completes is timed out by the silence watchdog."""
+"""feed.frames, through StreamClient against a raw in-test websocket server on loopback: the size cap covers a
+whole (fragmented) message, an oversized one is refused through on_reject without being buffered, and a message
+that never completes is timed out by the silence watchdog."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml alone, so that a code change does not reinstall them.
+# Dependencies first, read from pyproject.toml alone, so that a code change does not reinstall them. Only
+# [project] dependencies: the `local` extra (embedded PostgreSQL/Redis for `bookfeed up`) stays out of the image.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
     > /tmp/requirements.txt \
@@ -23,6 +24,8 @@ COPY celeryconfig.py ./
 COPY models/ models/
 COPY feed/ feed/
 COPY workers/ workers/
+COPY simulator/ simulator/
+COPY stack/ stack/
 RUN pip install --no-deps . \
     && rm -rf build ./*.egg-info
 

@@ -13,15 +13,15 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bookfeed needs Python 3.11 or newer (set PYTHON=python3.11)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,local]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
 
 ## Everything on this machine against the built-in Binance-compatible simulator; embedded PostgreSQL/Redis
-## unless DATABASE_URL/REDIS_URL are set. Ctrl-C stops it cleanly.
+## unless DATABASE_URL/REDIS_URL are set. A few malformed frames show rejected_messages at work. Ctrl-C stops it.
 demo: $(STAMP)
-	$(BIN)/bookfeed up --simulate --speed 100ms --workers $(WORKERS) --duration $(DEMO_SECONDS)
+	$(BIN)/bookfeed up --simulate --malformed-fraction 0.002 --speed 100ms --workers $(WORKERS) --duration $(DEMO_SECONDS)
 
 ## The same against the live Binance streams (needs internet access to stream.binance.com).
 demo-live: $(STAMP)

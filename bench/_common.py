@@ -11,8 +11,8 @@ from pathlib import Path
 
 import orjson
 
-from feed.embedded import start_servers
-from models.schema import upgrade_to_head
+from stack.embedded import start_servers
+from workers.schema import upgrade_to_head
 
 
 def frames(n: int, *, seed: int = 1, depth: int = 20) -> list[str]:

@@ -12,6 +12,7 @@ from bench._common import frames, services
 from models.book import parse_frame
 from models.messages import make_batch
 from models.metrics import book_metrics
+from models.vocabulary import EXCHANGE
 from workers import storage
 from workers.ingest import ingest_batch
 
@@ -22,7 +23,7 @@ def run(n: int = 30_000) -> dict[str, Any]:
     parsed = [(b, book_metrics(b)) for b in (parse_frame(f, received_ns=i) for i, f in enumerate(data))]
     t_parse = time.perf_counter() - t0
     t0 = time.perf_counter()
-    storage.to_rows(parsed, exchange="binance")
+    storage.to_rows(parsed, exchange=EXCHANGE)
     t_rows = time.perf_counter() - t0
     out: dict[str, Any] = {
         "parse+metrics frames/s": n / t_parse,

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,61 +15,41 @@ import redis
 from sqlalchemy import create_engine, text
 
 from bench._common import services
-from feed.embedded import free_port
+from models.vocabulary import stream_name
+from stack.harness import free_port, log_line, simulate_command, start_process, up_command
 
-SYMBOLS = "btcusdt,ethusdt,bnbusdt"
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
 
 
 def run_once(rate: float, duration_s: float, db_url: str, redis_url: str, workdir: Path) -> dict[str, Any]:
     port = free_port()
+    prefix = f"bookfeed-bench-{uuid.uuid4().hex[:8]}:"  # this run's queues and stats, removed at the end
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKFEED_")}
-    env.update(DATABASE_URL=db_url, REDIS_URL=redis_url, BOOKFEED_DATA_DIR=str(workdir))
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "feed.cli",
-            "simulate",
-            "--port",
-            str(port),
-            "--symbols",
-            SYMBOLS,
-            "--rate",
-            str(rate),
-            "--seed",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    env.update(
+        DATABASE_URL=db_url, REDIS_URL=redis_url, BOOKFEED_DATA_DIR=str(workdir), BOOKFEED_BROKER_KEY_PREFIX=prefix
     )
-    time.sleep(1.5)
-    streams = "/".join(f"{s}@depth20@100ms" for s in SYMBOLS.split(","))
+    sim = start_process(
+        simulate_command(port=port, symbols=SYMBOLS, rate=rate, seed=1),
+        log=workdir / "simulator.log",
+        env=env,
+        name="simulator",
+        ready=log_line("listening on"),
+    )
+    streams = "/".join(stream_name(s, 20, "100ms") for s in SYMBOLS)
     t0 = time.monotonic()
-    up = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "feed.cli",
-            "up",
-            "--url",
-            f"ws://127.0.0.1:{port}/stream?streams={streams}",
-            "--duration",
-            str(duration_s),
-            "--workers",
-            "2",
-            "--interval",
-            "5",
-            "--flower-port",
-            str(free_port()),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    try:
+        up = subprocess.run(
+            up_command(
+                *("--url", f"ws://127.0.0.1:{port}/stream?streams={streams}", "--duration", str(duration_s)),
+                *("--workers", "2", "--interval", "5", "--flower-port", str(free_port())),
+            ),
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        sim.stop()
     wall = time.monotonic() - t0
-    sim.terminate()
-    sim.wait()
     if up.returncode != 0:
         raise RuntimeError(f"bookfeed up failed: {up.stdout[-2000:]} {up.stderr[-2000:]}")
     engine = create_engine(db_url)
@@ -97,7 +78,10 @@ def run_once(rate: float, duration_s: float, db_url: str, redis_url: str, workdi
         )
         conn.commit()
     engine.dispose()
-    redis.Redis.from_url(redis_url).flushdb()
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(prefix + "*"):
+        client.delete(key)
+    client.close()
     received_s = float(last) - float(first)
     return {
         "offered frames/s": rate,
@@ -117,7 +101,6 @@ def run(rates: tuple[float, ...] = (1000, 5000, 10000, 20000), duration_s: float
     with services() as (_, redis_base, new_database):
         db_url = new_database()
         redis_url = f"{redis_base}/13"
-        redis.Redis.from_url(redis_url).flushdb()
         workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "bookfeed-bench-up"
         for rate in rates:
             out.append(run_once(rate, duration_s, db_url, redis_url, workdir))

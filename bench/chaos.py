@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,14 +26,30 @@ import psutil
 import redis
 from sqlalchemy import Engine, create_engine, text
 
-from feed.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from feed.up import beat_command, worker_command
-from models.messages import INGEST_QUEUE
-from models.schema import upgrade_to_head
+from models.vocabulary import WINDOWS_S, stream_name
+from stack.embedded import EmbeddedPostgres, EmbeddedRedis
+from stack.harness import (
+    Harness,
+    beat_command,
+    drain,
+    feed_command,
+    free_port,
+    log_line,
+    simulate_command,
+    worker_command,
+)
 from workers.audit import averages_mismatches, check_ledger, duplicated_books, read_ledger
 from workers.averages import compute_averages
+from workers.schema import upgrade_to_head
 
-STREAMS = ("btcusdt@depth20", "ethusdt@depth20", "bnbusdt@depth10")
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+STREAMS = (stream_name("BTCUSDT", 20), stream_name("ETHUSDT", 20), stream_name("BNBUSDT", 10))
+KEY_PREFIX = "bookfeed-chaos:"  # queues under a prefix, as a shared Redis would have them
+NODE_DOWN_S = 3.0  # how long a SIGKILLed worker node stays down
+REDIS_DOWN_S = 5.0  # how long Redis stays down when restarted
+READY_TIMEOUT_S = 120.0
+# Lines that say a process is ready (its log, read from the harness).
+WORKER_READY, BEAT_READY, FEED_READY, SIM_READY = "ready.", "beat: Starting", "connected to", "listening on"
 
 
 class Drill:
@@ -45,10 +60,9 @@ class Drill:
         self.t0 = time.monotonic()
         self.pg = EmbeddedPostgres(work / "pg")
         self.rd = EmbeddedRedis(work / "redis")
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.harness = Harness(work, {})
         self.events: list[str] = []
         self.ledger = work / "ledger.tsv"
-        self.env: dict[str, str] = {}
         self.redis_url = ""
         self.sim_port = free_port()
 
@@ -57,91 +71,57 @@ class Drill:
         self.events.append(line)
         print(line, flush=True)
 
-    def start(self, name: str, args: list[str]) -> None:
-        with open(self.work / f"{name}.log", "ab") as out:
-            self.procs[name] = subprocess.Popen(
-                args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
-        p = self.procs.pop(name, None)
-        if p is None or p.poll() is not None:
-            return
-        if sig == signal.SIGKILL:
-            os.killpg(p.pid, signal.SIGKILL)  # the node and its pool children, like an OOM kill of the container
-        else:
-            p.send_signal(sig)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
     def setup(self) -> tuple[str, str]:
         db_url = self.pg.start()
         redis_url = self.redis_url = self.rd.start()
         upgrade_to_head(db_url)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKFEED_")}
-        self.env.update(
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKFEED_")}
+        env.update(
             DATABASE_URL=db_url,
             REDIS_URL=redis_url,
             BOOKFEED_LOG_FORMAT="text",
             BOOKFEED_LEDGER_PATH=str(self.ledger),
             BOOKFEED_URL=f"ws://127.0.0.1:{self.sim_port}/stream?streams={'/'.join(STREAMS)}",
             BOOKFEED_VISIBILITY_TIMEOUT_S=str(self.args.visibility_timeout),
+            BOOKFEED_BROKER_KEY_PREFIX=KEY_PREFIX,
             PYTHONUNBUFFERED="1",
         )
-        py = sys.executable
-        self.start(
-            "simulator",
-            [
-                py,
-                "-m",
-                "feed.cli",
-                "simulate",
-                "--port",
-                str(self.sim_port),
-                "--symbols",
-                "btcusdt,ethusdt,bnbusdt",
-                "--rate",
-                str(self.args.rate),
-                "--seed",
-                "7",
-                "--malformed-fraction",
-                "0.005",
-                "--crossed-fraction",
-                "0.002",
-                "--one-sided-fraction",
-                "0.002",
-            ],
+        self.harness.env = env
+        sim = simulate_command(
+            port=self.sim_port,
+            symbols=SYMBOLS,
+            rate=self.args.rate,
+            seed=7,
+            faults={"malformed_fraction": 0.005, "crossed_fraction": 0.002, "one_sided_fraction": 0.002},
         )
+        self.harness.start("simulator", sim, ready=log_line(SIM_READY), timeout=READY_TIMEOUT_S)
         for w in ("worker1", "worker2"):
             self.start_worker(w)
         self.start_beat("beat")
-        time.sleep(3)
         self.start_feed()
         return db_url, redis_url
 
     def start_worker(self, name: str) -> None:
-        self.start(name, worker_command(concurrency=1, name=name))
+        argv = worker_command(concurrency=1, name=name)
+        self.harness.start(name, argv, ready=log_line(WORKER_READY), timeout=READY_TIMEOUT_S)
 
     def start_beat(self, name: str) -> None:
-        self.start(name, beat_command(self.work / f"{name}-schedule"))
+        argv = beat_command(self.work / f"{name}-schedule")
+        self.harness.start(name, argv, ready=log_line(BEAT_READY), timeout=READY_TIMEOUT_S)
 
     def start_feed(self) -> None:
-        self.start("feed", [sys.executable, "-m", "feed.cli", "feed"])
+        self.harness.start("feed", feed_command(), ready=log_line(FEED_READY), timeout=READY_TIMEOUT_S)
 
     # ---- faults -------------------------------------------------------------------------------------------
     def kill_worker_node(self, name: str) -> None:
         self.log(f"SIGKILL worker node {name} (main process and pool)")
-        self.stop(name, signal.SIGKILL)
-        time.sleep(3)
+        self.harness.stop(name, sig=signal.SIGKILL)  # the whole group, like an OOM kill of the container
+        time.sleep(NODE_DOWN_S)
         self.start_worker(name)
         self.log(f"{name} restarted")
 
     def kill_worker_child(self, name: str) -> None:
-        p = self.procs[name]
-        children = psutil.Process(p.pid).children()
+        children = psutil.Process(self.harness.children[name].pid).children()
         if children:
             children[0].kill()
             self.log(f"SIGKILL pool process {children[0].pid} of {name} (reject on worker lost)")
@@ -172,25 +152,24 @@ class Drill:
     def redis_restart(self) -> None:
         self.log("Redis restart (SIGTERM, AOF kept)")
         self.rd.stop()
-        time.sleep(5)
-        self.rd.start()
+        time.sleep(REDIS_DOWN_S)
+        self.rd.start()  # returns once it answers, its AOF loaded
         self.log("Redis back")
 
     def feed_restart(self) -> None:
         self.log("feed restart (SIGTERM: publish what it holds, then a new process)")
-        self.stop("feed")
+        self.harness.stop("feed", timeout=60)
         self.start_feed()
 
     def second_beat(self, seconds: float) -> None:
         self.log(f"a second beat started by mistake, for {seconds:.0f}s")
         self.start_beat("beat2")
         time.sleep(seconds)
-        self.stop("beat2")
+        self.harness.stop("beat2")
         self.log("second beat stopped")
 
     def shutdown(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
+        self.harness.stop_all()
         self.rd.stop()
         self.pg.stop()
 
@@ -208,21 +187,6 @@ def schedule(d: Drill, duration: float, pg_outage: float) -> list[tuple[float, C
         (205 * f, lambda: d.second_beat(45 * f)),
         (265 * f, lambda: d.kill_worker_node("worker2")),
     ]
-
-
-def drain(d: Drill, client_url: str, expected: Callable[[], bool], timeout: float) -> bool:
-    client = redis.Redis.from_url(client_url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if expected():
-            return True
-        try:
-            left = client.llen(INGEST_QUEUE) + client.hlen("unacked")
-        except redis.RedisError:
-            left = -1
-        d.log(f"draining: {left} task(s) queued or reserved")
-        time.sleep(5)
-    return expected()
 
 
 def analyse(d: Drill, engine: Engine, final_now: float) -> dict[str, Any]:
@@ -256,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="make chaos", description=__doc__)
     ap.add_argument("--duration", type=float, default=300.0, help="seconds of traffic (default 300)")
     ap.add_argument("--rate", type=float, default=300.0, help="simulator frames/s (default 300)")
-    ap.add_argument("--pg-outage", type=float, default=45.0, help="seconds PostgreSQL stays down (default 45)")
+    ap.add_argument(
+        "--pg-outage",
+        type=float,
+        help="seconds PostgreSQL stays down (default: 45 per 300 s of --duration, so that faults never overlap)",
+    )
     ap.add_argument(
         "--visibility-timeout",
         type=int,
@@ -271,12 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         db_url, redis_url = d.setup()
         d.log("pipeline started")
         start = time.monotonic()
-        for at, fault in schedule(d, args.duration, args.pg_outage):
+        pg_outage = args.pg_outage if args.pg_outage is not None else 45.0 * args.duration / 300.0
+        for at, fault in schedule(d, args.duration, pg_outage):
             time.sleep(max(0.0, start + at - time.monotonic()))
             fault()
         time.sleep(max(0.0, start + args.duration - time.monotonic()))
         d.log("stopping the feed")
-        d.stop("feed")
+        d.harness.stop("feed", timeout=60)
         engine = create_engine(db_url)
         received = len(read_ledger(d.ledger))
 
@@ -287,9 +256,18 @@ def main(argv: list[str] | None = None) -> int:
                 ).scalar_one()
             return int(n) >= received
 
-        drain(d, redis_url, accounted, timeout=max(600.0, 3 * args.visibility_timeout))
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        drain(
+            client,
+            KEY_PREFIX,
+            timeout=max(600.0, 3 * args.visibility_timeout),
+            until=accounted,
+            progress=d.log,
+            interval=1.0,
+        )
+        client.close()
         final_now = time.time()
-        for w in (30, 60):
+        for w in WINDOWS_S:
             compute_averages(engine, window_s=w, now_s=final_now, grace_s=0.0, lookback_s=600.0)
         report = analyse(d, engine, final_now)
         engine.dispose()

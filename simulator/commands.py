@@ -1,6 +1,6 @@
 """Subcommands ``simulate``, ``record`` and ``replay`` for the ``bookfeed`` console script.
 
-``feed/cli.py`` calls ``register_commands(subparsers)``; each command's ``func`` takes the parsed namespace and
+``stack/cli.py`` calls ``register_commands(subparsers)``; each command's ``func`` takes the parsed namespace and
 returns its exit code:
 
 - 0: done (``simulate``/``replay`` stopped by SIGINT or SIGTERM; ``record`` reached its end);
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import websocket
 
-from feed.argtypes import fraction, non_negative, port, positive, positive_int
+from models.argtypes import fraction, non_negative, port, positive, positive_int
 from models.errors import ConfigError
 from models.vocabulary import DEFAULT_SYMBOLS, normalise_symbol
 from simulator.faults import FAULT_SETTINGS, FaultConfig

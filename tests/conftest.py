@@ -43,7 +43,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 @pytest.fixture(scope="session")
 def database_url(services: Services) -> Iterator[str]:
-    from models.schema import upgrade_to_head
+    from workers.schema import upgrade_to_head
 
     url = services.create_database()
     upgrade_to_head(url)

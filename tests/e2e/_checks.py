@@ -1,4 +1,5 @@
-"""Assertions shared by the end-to-end tests: exact metrics, averages, ledger accounting."""
+"""The check the end-to-end tests share: every stored book's metrics recomputed exactly from its stored levels.
+(Averages and ledger accounting are checked with workers.audit.)"""
 
 from __future__ import annotations
 

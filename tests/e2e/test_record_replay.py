@@ -4,18 +4,20 @@ are exactly the recorded ones, and replaying again stores the same books."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, text
 
-from feed.service import FeedConfig, run_feed
+from feed.service import run_feed
 from models.book import parse_frame
 from models.errors import InvalidBookError
+from models.settings import load_settings
 from simulator import FaultConfig, ReplayConfig, ReplayThread, SimConfig, SimulatorThread, read_recording
+from stack.harness import bookfeed_command, pending_tasks, wait_until
+from tests.services import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -44,23 +46,32 @@ def _replay_through_pipeline(recording: Path, redis_url: str, prefix: str, engin
         conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches"))
     with ReplayThread(ReplayConfig(path=recording, fast=True)) as replay:
         stop = threading.Event()
-        cfg = FeedConfig(
-            url=replay.url(STREAMS), redis_url=redis_url, key_prefix=prefix, batch_max_frames=50, silence_timeout_s=300
+        settings = load_settings(
+            url=replay.url(STREAMS),
+            redis_url=redis_url,
+            broker_key_prefix=prefix,
+            batch_max_frames=50,
+            silence_timeout_s=300,
         )
-        feed = threading.Thread(target=run_feed, args=(cfg,), kwargs={"stop": stop, "install_signals": False})
+        feed = threading.Thread(target=run_feed, args=(settings,), kwargs={"stop": stop, "install_signals": False})
         feed.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                n = conn.execute(
-                    text("SELECT (SELECT count(*) FROM book_snapshots) + (SELECT count(*) FROM rejected_frames)")
-                ).scalar_one()
-            if n >= N_FRAMES:
-                break
-            time.sleep(0.2)
-        stop.set()
-        feed.join(30)
-    time.sleep(0.5)  # anything still in flight would show up as an extra row below
+        try:
+            wait_for(lambda: _accounted(engine) >= N_FRAMES, 60, f"{N_FRAMES} frames stored or rejected")
+        finally:
+            stop.set()
+            feed.join(30)
+    # Anything still in flight would show up as an extra row below: wait until the queues are empty.
+    client = redis.Redis.from_url(redis_url)
+    try:
+        wait_until(lambda: pending_tasks(client, prefix) == 0, timeout=30, what="queues empty")
+    finally:
+        client.close()
+
+
+def _accounted(engine: Engine) -> int:
+    with engine.connect() as conn:
+        sql = "SELECT (SELECT count(*) FROM order_books) + (SELECT count(*) FROM rejected_messages)"
+        return int(conn.execute(text(sql)).scalar_one())
 
 
 def test_recorded_frames_replay_into_identical_books(
@@ -70,18 +81,7 @@ def test_recorded_frames_replay_into_identical_books(
     faults = FaultConfig(malformed_fraction=0.03, crossed_fraction=0.02, one_sided_fraction=0.02)
     with SimulatorThread(SimConfig(symbols=("BTCUSDT", "ETHUSDT"), seed=5, rate=400.0, faults=faults)) as sim:
         rec = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "feed.cli",
-                "record",
-                "--url",
-                sim.url(STREAMS),
-                "--out",
-                str(path),
-                "--max-frames",
-                str(N_FRAMES),
-            ],
+            bookfeed_command("record", "--url", sim.url(STREAMS), "--out", str(path), "--max-frames", str(N_FRAMES)),
             capture_output=True,
             text=True,
             timeout=60,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from feed.embedded import free_port
 from simulator import FaultConfig, SimConfig, SimulatorThread
+from stack.harness import free_port, up_command
 from tests.e2e._checks import assert_metrics_exact
 from tests.services import Services
 from workers.audit import averages_mismatches, check_ledger, duplicated_books, read_ledger
@@ -54,22 +53,10 @@ def test_up_stores_every_frame_once_with_exact_metrics_and_averages(
         )
         started_at = time.time()
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "feed.cli",
-                "up",
-                "--url",
-                url,
-                "--duration",
-                str(DURATION_S),
-                "--workers",
-                "2",
-                "--interval",
-                "5",
-                "--flower-port",
-                str(free_port()),
-            ],
+            up_command(
+                *("--url", url, "--duration", str(DURATION_S), "--workers", "2", "--interval", "5"),
+                *("--flower-port", str(free_port())),
+            ),
             env=env,
             capture_output=True,
             text=True,

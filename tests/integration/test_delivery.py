@@ -22,9 +22,10 @@ import pytest
 import redis
 from sqlalchemy import Connection, Engine, text
 
-from feed.embedded import EmbeddedRedis
-from feed.publisher import PendingBatch, make_celery_sender
+from feed.broker import make_celery_sender
+from feed.outage import PendingBatch
 from models.messages import make_batch
+from stack.embedded import EmbeddedRedis
 from tests.conftest import service_env
 from tests.integration._frames import simple_book
 from tests.services import start_worker, stop_process, wait_for

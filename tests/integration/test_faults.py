@@ -12,7 +12,9 @@ import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
 
-from feed.publisher import PendingBatch, Publisher, make_celery_sender
+from feed.broker import make_celery_sender
+from feed.outage import PendingBatch
+from feed.publisher import Publisher
 from models.messages import make_batch
 from models.vocabulary import INGEST_QUEUE
 from stack.embedded import EmbeddedPostgres, EmbeddedRedis

@@ -17,7 +17,9 @@ import pytest
 import redis
 from websockets.sync.server import ServerConnection, serve
 
-from feed.publisher import UNPUBLISHED_REASON, PendingBatch, Publisher, make_celery_sender
+from feed.broker import make_celery_sender
+from feed.outage import UNPUBLISHED_REASON, PendingBatch
+from feed.publisher import Publisher
 from feed.service import LAST_SEEN_KEY, read_feed_stats, run_feed
 from feed.stream import OTHER_STREAMS
 from models.settings import Settings

@@ -69,7 +69,7 @@ def test_migrate_creates_least_privilege_logins(
 ) -> None:
     from sqlalchemy.engine import make_url
 
-    from feed.cli import main
+    from stack.cli import main
 
     suffix = uuid.uuid4().hex[:6]
     worker, reader = f"bf_worker_{suffix}", f"bf_reader_{suffix}"

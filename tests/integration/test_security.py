@@ -18,11 +18,12 @@ import pytest
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DataError
 
-from feed.embedded import free_port
-from feed.up import FLOWER_USER, flower_command, flower_env
-from models.schema import ensure_login
+from stack.harness import free_port
+from stack.up import FLOWER_USER, flower_env
 from tests.conftest import service_env
 from tests.services import ROOT, stop_process, wait_for
+from workers.commands import flower_command
+from workers.schema import ensure_login
 
 pytestmark = pytest.mark.integration
 

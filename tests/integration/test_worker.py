@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from feed.publisher import PendingBatch, broker_app, make_celery_sender
+from feed.broker import broker_app, make_celery_sender
+from feed.outage import PendingBatch
 from models.messages import make_batch
 from models.vocabulary import AVERAGES_TASK, METRICS_QUEUE
 from tests.conftest import service_env

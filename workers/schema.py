@@ -14,7 +14,8 @@ from sqlalchemy.pool import NullPool
 
 __all__ = ["alembic_config", "downgrade", "ensure_login", "upgrade_to_head"]
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The migrations are models' (they declare the schema); this module only runs them.
+MIGRATIONS = Path(__file__).resolve().parent.parent / "models" / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:

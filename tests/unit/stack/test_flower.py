@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from feed.up import FLOWER_USER, flower_command, flower_env
+from stack.up import FLOWER_USER, flower_env
+from workers.commands import flower_command
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,174 @@
+"""The `bookfeed` command (console script `bookfeed = stack.cli:main`): parse flags, load settings, configure logging,
+call one library function, and map PipelineError subclasses to exit codes. Only `main` prints.
+
+`feed` runs the production feed (feed.service), `migrate` the migrations (workers.schema), `simulate`/`record`/`replay`
+the simulator (simulator), `up` the local all-in-one stack (stack.up)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from models.argtypes import fraction, positive, positive_int
+from models.errors import ConfigError, PipelineError, RetriesExhaustedError
+from models.logconfig import configure_logging
+from models.settings import Settings, load_settings
+from models.vocabulary import DEPTHS, SPEEDS
+from simulator import register_commands
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_ERROR, EXIT_CONFIG, EXIT_GAVE_UP = 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one readable line, exit 2
+        self.exit(EXIT_CONFIG, f"bookfeed: error: {message}\n")
+
+
+def _feed_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        help="combined-stream URL (ws[s]://host:port/stream?streams=...) or bare endpoint "
+        "to which the streams of --symbols are added (default: live Binance)",
+    )
+    p.add_argument("--symbols", help="comma-separated symbols, e.g. btcusdt,ethusdt (env BOOKFEED_SYMBOLS)")
+    p.add_argument("--depth", type=int, choices=DEPTHS, help=f"levels per side (default {_default('depth')})")
+    p.add_argument("--speed", choices=SPEEDS, help=f"update speed (default {_default('speed')})")
+    p.add_argument(
+        "--batch-max-frames",
+        type=positive_int,
+        help=f"frames per task at most (default {_default('batch_max_frames')})",
+    )
+    p.add_argument(
+        "--batch-max-wait-ms",
+        type=positive_int,
+        help=f"ms a frame waits for its batch (default {_default('batch_max_wait_ms')})",
+    )
+
+
+def _default(field: str) -> Any:
+    return Settings.model_fields[field].default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bookfeed", description="Record Binance order books into PostgreSQL.")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    up = sub.add_parser("up", help="run everything on this machine (embedded PostgreSQL/Redis if no URL is set)")
+    _feed_flags(up)
+    up.add_argument("--workers", type=positive_int, default=2, help="worker processes (default 2)")
+    up.add_argument("--duration", type=positive, help="stop after S seconds (default: until Ctrl-C)")
+    up.add_argument("--flower-port", type=positive_int, default=5555)
+    up.add_argument("--interval", type=positive, default=2.0, help="seconds between live lines")
+    up.add_argument("--simulate", action="store_true", help="feed from the built-in simulator instead of --url")
+    up.add_argument(
+        "--malformed-fraction",
+        type=fraction,
+        default=0.0,
+        metavar="F",
+        help="with --simulate: fraction of frames the simulator sends malformed, to see rejected_messages at work "
+        "(default 0; make demo uses 0.002)",
+    )
+    up.set_defaults(func=_cmd_up)
+
+    fd = sub.add_parser("feed", help="run the websocket feed (needs REDIS_URL)")
+    _feed_flags(fd)
+    fd.add_argument("--duration", type=positive, help="stop after S seconds")
+    fd.set_defaults(func=_cmd_feed)
+
+    mg = sub.add_parser("migrate", help="apply the database migrations (needs DATABASE_URL)")
+    mg.set_defaults(func=_cmd_migrate)
+
+    register_commands(sub)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("url", "symbols", "depth", "speed", "batch_max_frames", "batch_max_wait_ms", "log_level"):
+        v = getattr(args, name, None)
+        if v is not None:
+            overrides[name] = v
+    return load_settings(**overrides)
+
+
+def _feed_url(s: Settings) -> str:
+    from feed.stream import build_url
+
+    return build_url(s.url, symbols=s.symbols, depth=s.depth, speed=s.speed)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from stack.up import UpOptions, run_up
+
+    if args.malformed_fraction and not args.simulate:
+        raise ConfigError("--malformed-fraction needs --simulate (it sets the built-in simulator's faults)")
+    s = _settings(args)
+    configure_logging("WARNING", "text")
+    _feed_url(s)  # validate before starting anything
+    opts = UpOptions(
+        workers=args.workers,
+        duration_s=args.duration,
+        flower_port=args.flower_port,
+        interval_s=args.interval,
+        simulate=args.simulate,
+        malformed_fraction=args.malformed_fraction,
+    )
+    return run_up(s, opts)
+
+
+def _cmd_feed(args: argparse.Namespace) -> int:
+    from feed.service import run_feed
+
+    s = _settings(args)
+    configure_logging(s.log_level, s.log_format)
+    run_feed(s, duration_s=args.duration)
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from workers.schema import ensure_login, upgrade_to_head
+
+    s = _settings(args)
+    configure_logging(s.log_level, s.log_format)
+    url = s.require_database_url()
+    upgrade_to_head(url)
+    print("database migrated to head")
+    for user, password, group in (
+        (s.worker_db_user, s.worker_db_password, "bookfeed_writer"),
+        (s.reader_db_user, s.reader_db_password, "bookfeed_reader"),
+    ):
+        if user:
+            if not password.get_secret_value():
+                raise ConfigError(f"a password is needed for the login {user!r} (BOOKFEED_*_DB_PASSWORD)")
+            ensure_login(url, name=user, password=password.get_secret_value(), group=group)
+            print(f"login {user} is a member of {group}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"bookfeed: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RetriesExhaustedError as exc:
+        print(f"bookfeed: gave up: {exc}", file=sys.stderr)
+        return EXIT_GAVE_UP
+    except PipelineError as exc:
+        print(f"bookfeed: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

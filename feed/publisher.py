@@ -11,22 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from feed.broker import CelerySender, HighWater, broker_app, make_celery_sender
-from feed.outage import OVERFLOW_REASON, UNPUBLISHED_REASON, OutageBuffer, PendingBatch, PublisherStats
+from feed.broker import HighWater
+from feed.outage import OutageBuffer, PendingBatch
 from models.settings import Settings
 from models.vocabulary import EXCHANGE
 
-# Broker and buffer names are re-exported: the stack, the benches and tests import them from here.
-__all__ = [
-    "OVERFLOW_REASON",
-    "UNPUBLISHED_REASON",
-    "CelerySender",
-    "PendingBatch",
-    "Publisher",
-    "PublisherStats",
-    "broker_app",
-    "make_celery_sender",
-]
+__all__ = ["Publisher"]
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from feed.publisher import PendingBatch, Publisher
+from feed.outage import PendingBatch
+from feed.publisher import Publisher
 
 
 class FakeSender:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from feed.broker import HighWater
-from feed.publisher import PublisherStats
+from feed.outage import PublisherStats
 from tests.unit.feed._fakes import FakeBroker
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from feed.publisher import PendingBatch, Publisher
+from feed.outage import PendingBatch
+from feed.publisher import Publisher
 from tests.unit.feed._fakes import (
     FakeSender,
     book,

@@ -18,6 +18,10 @@ except ConfigError as _exc:  # one readable line instead of a traceback from the
     raise SystemExit(f"bookfeed: {_exc}") from None
 
 broker_connection_retry_on_startup = True
+# Redis at its memory limit (noeviction) refuses the ack/reject/requeue writes with OOM, a channel error: by default
+# the worker exits ("Unrecoverable error: OutOfMemoryError"). Restart the consumer instead; the message stays in the
+# unacked hash and comes back after the visibility timeout. (A delivery under OOM is kept by workers.brokerguard.)
+broker_channel_error_retry = True
 broker_transport_options = {
     # A reserved but unacknowledged task (its worker died, or lost Redis) is redelivered after this long: far longer
     # than a batch takes (well under 1 s) and than the longest retry countdown (60 s), so a live task is not run

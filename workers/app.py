@@ -12,12 +12,16 @@ from sqlalchemy import Engine
 
 from models.logconfig import configure_logging
 from models.settings import get_settings
+from workers import brokerguard
 from workers.beat import start_averages_watch
 from workers.db import make_engine
 
 __all__ = ["app", "get_engine"]
 
 logger = logging.getLogger(__name__)
+
+# Before any consumer starts: a batch delivered while Redis is at its memory limit is kept, not lost.
+brokerguard.install()
 
 app = Celery("bookfeed", include=["workers.tasks"])
 app.config_from_object("celeryconfig")

@@ -20,11 +20,10 @@ __all__ = ["app", "get_engine"]
 
 logger = logging.getLogger(__name__)
 
-# Before any consumer starts: a batch delivered while Redis is at its memory limit is kept, not lost.
-brokerguard.install()
-
 app = Celery("bookfeed", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
+# Before any consumer starts: a batch Redis hands out while it is full, or while the connection is lost, is kept.
+brokerguard.install(broker_url=app.conf.broker_url)
 
 _engine: Engine | None = None
 

@@ -98,3 +98,38 @@ def test_errors_other_than_oom_are_not_held() -> None:
     assert brokerguard.is_oom(redis.exceptions.OutOfMemoryError("command not allowed"))
     assert not brokerguard.is_oom(redis.exceptions.ResponseError("WRONGTYPE Operation against a key"))
     assert not brokerguard.is_oom(redis.exceptions.ConnectionError("Connection refused"))
+
+
+def test_a_message_that_cannot_be_recorded_for_another_reason_goes_back_to_its_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu failing to record a popped message as unacknowledged (here: its connection released, as chaos drills
+    saw after a Redis restart) must not lose it: the guard returns it to the queue before the error propagates."""
+    rd = EmbeddedRedis(tmp_path / "redis")
+    url = rd.start()
+    client = redis.Redis.from_url(url)
+    brokerguard.uninstall()
+    brokerguard.install(broker_url=url)
+    try:
+        with Connection(url, transport_options={"visibility_timeout": 60, **transport_options(PREFIX)}) as conn:
+            conn.Producer().publish({"batch": 2}, exchange=QUEUE.exchange, routing_key="ingest", declare=[QUEUE])
+            ch = conn.channel()
+            ch.basic_qos(0, 1, False)
+            consumer = conn.Consumer(QUEUE, channel=ch, callbacks=[lambda _b, _m: None], accept=["json"])
+            consumer.consume()
+
+            def released(*_args: Any, **_kwargs: Any) -> Any:
+                raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+            monkeypatch.setattr(type(ch.qos), "pipe_or_acquire", released)
+            with pytest.raises(AttributeError):
+                conn.drain_events(timeout=5)
+            monkeypatch.undo()
+            assert client.llen(f"{PREFIX}ingest") == 1, "the popped message is back on its queue"
+            assert client.hlen(f"{PREFIX}unacked") == 0
+            consumer.cancel()
+    finally:
+        brokerguard.uninstall()
+        brokerguard.install()
+        client.close()
+        rd.stop()

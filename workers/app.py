@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 app = Celery("bookfeed", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
 # Before any consumer starts: a batch Redis hands out while it is full, or while the connection is lost, is kept.
-brokerguard.install(broker_url=app.conf.broker_url)
+brokerguard.install(broker_url=lambda: str(app.conf.broker_url))  # read on use: importing needs no REDIS_URL
 
 _engine: Engine | None = None
 

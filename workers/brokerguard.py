@@ -38,7 +38,7 @@ RETURN_FOR_S = 60.0  # how long to try to push a message back after a non-OOM fa
 _MARK = "_bookfeed_oom_guard"
 
 _original: Callable[..., Any] | None = None
-_broker_url: str | None = None
+_broker_url: Callable[[], str] | None = None  # read when needed: the app's config loads lazily
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -94,7 +94,8 @@ def _return_to_queue(qos: Any, message: Any, exc: BaseException, sleep: Callable
     of our own: kombu's may be the one that just failed."""
     delivery = getattr(message, "delivery_info", None) or {}
     raw = getattr(message, "_raw", None)
-    if _broker_url is None or raw is None or not delivery.get("routing_key"):
+    url = _broker_url() if _broker_url is not None else None
+    if not url or raw is None or not delivery.get("routing_key"):
         logger.error("could not record or return delivered message (%s: %s); it may be lost", type(exc).__name__, exc)
         return
     channel = qos.channel
@@ -104,7 +105,7 @@ def _return_to_queue(qos: Any, message: Any, exc: BaseException, sleep: Callable
     deadline, delay = time.monotonic() + RETURN_FOR_S, FIRST_DELAY_S
     while True:
         try:
-            client = redis.Redis.from_url(_broker_url, socket_timeout=5, socket_connect_timeout=5)
+            client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
             try:
                 client.rpush(key, json.dumps(raw))  # the right end: BRPOP hands it out next
             finally:
@@ -126,9 +127,9 @@ def is_installed() -> bool:
     return bool(getattr(getattr(kombu_redis.QoS, "append", None), _MARK, False))
 
 
-def install(sleep: Callable[[float], None] = time.sleep, *, broker_url: str | None = None) -> None:
-    """Wrap kombu's Redis `QoS.append` (idempotent). Raises ConfigError if kombu no longer has it. `broker_url` is
-    where a message whose recording failed for another reason than OOM is pushed back."""
+def install(sleep: Callable[[float], None] = time.sleep, *, broker_url: Callable[[], str] | None = None) -> None:
+    """Wrap kombu's Redis `QoS.append` (idempotent). Raises ConfigError if kombu no longer has it. `broker_url`
+    returns where a message whose recording failed for another reason than OOM is pushed back (called only then)."""
     global _original, _broker_url
     if broker_url is not None:
         _broker_url = broker_url

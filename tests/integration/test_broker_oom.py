@@ -109,7 +109,7 @@ def test_a_message_that_cannot_be_recorded_for_another_reason_goes_back_to_its_q
     url = rd.start()
     client = redis.Redis.from_url(url)
     brokerguard.uninstall()
-    brokerguard.install(broker_url=url)
+    brokerguard.install(broker_url=lambda: url)
     try:
         with Connection(url, transport_options={"visibility_timeout": 60, **transport_options(PREFIX)}) as conn:
             conn.Producer().publish({"batch": 2}, exchange=QUEUE.exchange, routing_key="ingest", declare=[QUEUE])

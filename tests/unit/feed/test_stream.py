@@ -14,6 +14,7 @@ from feed.stream import OTHER_STREAMS, StreamClient, build_url
 from models.errors import ConfigError
 from models.settings import ReconnectPolicy
 from models.vocabulary import Speed
+from tests.unit.feed._fakes import RecordingStop
 
 pytestmark = pytest.mark.unit
 
@@ -363,16 +364,6 @@ def test_the_next_process_starts_its_restart_gap_where_this_one_reported_its_sto
 # --- reconnect backoff ---------------------------------------------------------------------------------------------
 
 
-class _RecordingStop(threading.Event):
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits: list[float] = []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waits.append(timeout or 0.0)
-        return self.is_set()
-
-
 class _FakeSocket:
     def close(self, timeout: float = 0) -> None:
         pass
@@ -389,7 +380,7 @@ class _FakeBuffer:
 def test_connections_that_end_quickly_back_off_like_failed_connects(lasted_s: float) -> None:
     """A server that accepts, sends a frame and closes must not be reconnected to in a tight loop."""
     client, _, clock = _gap_client()
-    stop = _RecordingStop()
+    stop = RecordingStop()
     sessions: list[int] = []
 
     def read(ws: object, buf: object, stop_: threading.Event) -> None:

@@ -18,13 +18,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.errors import ConfigError
 from models.vocabulary import (
+    ALL_SYMBOLS,
     DEFAULT_DEPTH,
     DEFAULT_SPEED,
     DEFAULT_SYMBOLS,
     DEPTHS,
+    LIVE_REST_URL,
     LIVE_URL,
     MAX_FRAME_BYTES,
     Speed,
+    normalise_asset,
     normalise_symbol,
 )
 
@@ -98,6 +101,18 @@ class Settings(BaseSettings):
     symbols: Annotated[tuple[str, ...], NoDecode] = _setting(DEFAULT_SYMBOLS, used_by=(FEED,))
     depth: int = _setting(DEFAULT_DEPTH, used_by=(FEED,))  # 5, 10 or 20
     speed: Speed = _setting(DEFAULT_SPEED, used_by=(FEED,))
+    # `BOOKFEED_SYMBOLS=all`: every symbol `GET /api/v3/exchangeInfo` lists as TRADING at rest_url, filtered by
+    # quote asset and exclusions, refreshed every symbols_refresh_s (feed.universe).
+    rest_url: str = _setting(LIVE_REST_URL, used_by=(FEED,))
+    quote: Annotated[tuple[str, ...], NoDecode] = _setting((), used_by=(FEED,))  # quote assets kept (empty: all)
+    exclude: Annotated[tuple[str, ...], NoDecode] = _setting((), used_by=(FEED,))  # symbols never subscribed
+    symbols_refresh_s: float = _setting(3600.0, used_by=(FEED,), ge=10)
+    # "i/n": this feed process takes the symbols whose stable hash is i modulo n (feed.universe.shard_of).
+    shard: str | None = _setting(None, used_by=(FEED,), pattern=r"^\d{1,4}/\d{1,4}$")
+    # Streams on one websocket connection (Binance allows 1024) and connections opened per 5 minutes by this process
+    # (Binance allows 300 per IP, all processes together).
+    streams_per_connection: int = _setting(200, used_by=(FEED,), ge=1, le=1024)
+    connects_per_5m: int = _setting(100, used_by=(FEED,), ge=1, le=300)
 
     batch_max_frames: int = _setting(200, used_by=(FEED,), ge=1, le=10_000)
     batch_max_wait_ms: int = _setting(100, used_by=(FEED,), ge=1, le=60_000)
@@ -167,10 +182,51 @@ class Settings(BaseSettings):
     def _symbols(cls, v: object) -> tuple[str, ...]:
         """Comma-separated or a sequence, any case: upper case, the symbol vocabulary (``btcusdt`` -> ``BTCUSDT``)."""
         items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
-        symbols = tuple(dict.fromkeys(normalise_symbol(str(s)) for s in items if str(s).strip()))
+        names = [str(s).strip() for s in items if str(s).strip()]
+        if any(n.upper() == ALL_SYMBOLS for n in names):
+            if len(names) > 1:
+                raise ValueError("'all' cannot be combined with symbol names (use BOOKFEED_EXCLUDE)")
+            return (ALL_SYMBOLS,)
+        symbols = tuple(dict.fromkeys(normalise_symbol(n) for n in names))
         if not symbols:
             raise ValueError("at least one symbol is required")
         return symbols
+
+    @field_validator("quote", "exclude", mode="before")
+    @classmethod
+    def _names(cls, v: object) -> tuple[str, ...]:
+        """Comma-separated or a sequence, any case: upper case, duplicates dropped, empty allowed."""
+        items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
+        return tuple(dict.fromkeys(normalise_asset(str(s)) for s in items if str(s).strip()))
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        if v is not None:
+            i, n = (int(x) for x in v.split("/"))
+            if not 0 <= i < n:
+                raise ValueError("shard must be i/n with 0 <= i < n")
+        return v
+
+    @field_validator("rest_url")
+    @classmethod
+    def _rest_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("the REST URL must start with http:// or https://")
+        return v.rstrip("/")
+
+    @property
+    def all_symbols(self) -> bool:
+        """`BOOKFEED_SYMBOLS=all`: the symbol list comes from the exchange (feed.universe)."""
+        return self.symbols == (ALL_SYMBOLS,)
+
+    @property
+    def shard_of_n(self) -> tuple[int, int]:
+        """(i, n) of `shard`; (0, 1) when unset."""
+        if self.shard is None:
+            return (0, 1)
+        i, n = self.shard.split("/")
+        return (int(i), int(n))
 
     @field_validator("depth")
     @classmethod

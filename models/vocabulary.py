@@ -14,6 +14,7 @@ from typing import Final, Literal
 from models.errors import MalformedPayloadError
 
 __all__ = [
+    "ALL_SYMBOLS",
     "AVERAGES_TASK",
     "DEFAULT_DEPTH",
     "DEFAULT_SPEED",
@@ -23,6 +24,7 @@ __all__ = [
     "EXCHANGES",
     "INGEST_QUEUE",
     "INGEST_TASK",
+    "LIVE_REST_URL",
     "LIVE_URL",
     "MAX_FRAME_BYTES",
     "MAX_LEVELS",
@@ -32,6 +34,7 @@ __all__ = [
     "WINDOWS_S",
     "Speed",
     "StreamName",
+    "normalise_asset",
     "normalise_symbol",
     "parse_stream_name",
     "stream_name",
@@ -42,6 +45,8 @@ EXCHANGE: Final = "binance"
 # Every exchange a batch may name; anything else is a foreign producer's batch and is refused.
 EXCHANGES: Final = frozenset({EXCHANGE})
 LIVE_URL: Final = "wss://stream.binance.com:9443"
+LIVE_REST_URL: Final = "https://api.binance.com"  # exchangeInfo, for BOOKFEED_SYMBOLS=all
+ALL_SYMBOLS: Final = "ALL"  # BOOKFEED_SYMBOLS=all: every TRADING symbol the exchange lists
 
 # --- symbols and partial-depth streams -----------------------------------------------------------------------------
 DEFAULT_SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
@@ -76,6 +81,11 @@ class StreamName:
     symbol: str  # upper case, e.g. BTCUSDT
     depth: int  # 5, 10 or 20
     interval_ms: int = 1000  # 100 or 1000: how often the stream sends a book
+
+
+def normalise_asset(asset: str) -> str:
+    """An asset or symbol name in upper case (``usdt`` -> ``USDT``); ValueError unless 2-20 letters or digits."""
+    return normalise_symbol(asset)
 
 
 def normalise_symbol(symbol: str) -> str:

@@ -9,9 +9,12 @@ Not part of the production feed. In-process use::
 Command line: ``register_commands(subparsers)`` adds ``bookfeed simulate|record|replay``.
 
 Modules, in import order: ``market`` (symbols, books), ``faults`` (fault settings, faulty payloads), ``protocol``
-(Binance stream names, URL paths, JSON methods, frames), ``server`` (websocket server), ``control`` (fault controls,
-HTTP routes), ``recording`` (record, replay), ``runtime`` (assembly, threads), ``commands`` (CLI). Import from this
-package only: its ``__all__`` is the public API.
+(Binance stream names, URL paths, JSON methods, frames), ``limits`` (Binance's connection limits, violations),
+``session`` (one connection, connection rules, counters), ``server`` (websocket server), ``broadcast`` (one timer
+wheel: each stream's frame built once, sent to every subscriber), ``control`` (fault controls, HTTP routes),
+``recording`` (record, replay), ``runtime`` (assembly, threads), ``commands`` (CLI); ``loadcheck`` (``python -m
+simulator.loadcheck``: frames/s and CPU at scale) stands apart. Import from this package only: its ``__all__`` is
+the public API.
 """
 
 from simulator.commands import register_commands
@@ -48,7 +51,7 @@ from simulator.runtime import (
     build_simulator,
     serve_until_signal,
 )
-from simulator.server import ServerConfig
+from simulator.session import ServerConfig
 
 __all__ = [
     "FAULT_SETTINGS",

@@ -24,14 +24,14 @@ from urllib.parse import urlsplit
 
 import websocket
 
-from models.argtypes import fraction, non_negative, port, positive, positive_int
+from models.argtypes import fraction, non_negative, number, port, positive, positive_int
 from models.errors import ConfigError
 from models.vocabulary import DEFAULT_SYMBOLS, normalise_symbol
 from simulator.faults import FAULT_SETTINGS, FaultConfig
 from simulator.protocol import ws_url
 from simulator.recording import ReplayConfig, record
 from simulator.runtime import Bundle, SimConfig, build_replayer, build_simulator, serve_until_signal
-from simulator.server import ServerConfig
+from simulator.session import ServerConfig
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -45,6 +45,9 @@ _FAULT_FLAGS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "stall_every_s": (non_negative, "S", "stall all streams every S seconds (0: never)"),
     "stall_for_s": (positive, "S", "stall length (default 5 s)"),
 }
+
+
+_non_negative_int = number(int, lambda v: v >= 0, "must be an integer >= 0")
 
 
 class _Failure(Exception):
@@ -79,6 +82,13 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pong-timeout", type=non_negative, default=60.0, help="close without pong (0: never)")
     parser.add_argument("--max-lifetime", type=non_negative, default=86400.0, help="connection lifetime, s (0: ∞)")
     parser.add_argument("--shutdown-notice", type=non_negative, default=0.0, help="serverShutdown lead time, s")
+    parser.add_argument(
+        "--max-connections-per-5m",
+        type=_non_negative_int,
+        default=300,
+        metavar="N",
+        help="new websocket connections per client IP per 5 minutes, more answered 429 (default 300; 0: no limit)",
+    )
 
 
 def _server_config(args: argparse.Namespace) -> ServerConfig:
@@ -89,6 +99,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         pong_timeout_s=_off_if_zero(args.pong_timeout),
         max_lifetime_s=_off_if_zero(args.max_lifetime),
         shutdown_notice_s=args.shutdown_notice,
+        max_connections_per_5m=args.max_connections_per_5m or None,
     )
 
 
@@ -114,6 +125,7 @@ def _simulate(args: argparse.Namespace) -> None:
         random_symbols=args.random_symbols or 0,
         seed=args.seed,
         rate=args.rate,
+        not_trading=args.not_trading,
         server=_server_config(args),
         faults=FaultConfig(**{name: getattr(args, name) for name in FAULT_SETTINGS}),
     )
@@ -160,6 +172,12 @@ def register_commands(subparsers: Any) -> None:
     names.add_argument("--random-symbols", type=positive_int, metavar="N", help="N generated symbols instead")
     sim.add_argument("--rate", type=positive, help="frames/s per connection over its streams (default: cadence)")
     sim.add_argument("--seed", type=int, default=0, help="market seed (same seed, same books)")
+    sim.add_argument(
+        "--not-trading",
+        type=_non_negative_int,
+        metavar="N",
+        help="N symbols listed with status BREAK, never streamed (default: 1%% of --random-symbols from 20 on, else 0)",
+    )
     defaults = FaultConfig()
     for name in FAULT_SETTINGS:
         kind, metavar, text = _FAULT_FLAGS[name]

@@ -72,7 +72,8 @@ class Controls:
         return {"reset": True}
 
     def stats(self) -> dict[str, Any]:
-        """Frames sent per stream, connections (current, total) and fault counters."""
+        """Frames sent per stream (and skipped for slow clients), connections (current, total), fault counters and
+        limit violations per kind."""
         return self._server.stats.to_dict()
 
 

@@ -18,6 +18,9 @@ from typing import Any
 from models.vocabulary import MAX_LEVELS
 
 E8 = 100_000_000
+TRADING = "TRADING"
+NOT_TRADING = "BREAK"
+"""The status of the listed symbols that do not trade (Binance's status of a suspended or delisting symbol)."""
 """One unit in 1e-8 units: ``tick_e8 = 1_000_000`` is a tick of 0.01."""
 
 # Longest first, so that "FDUSD" wins over "USD"-like suffixes.
@@ -44,7 +47,10 @@ _MIN_BOOK_AGE_S = 0.05
 
 @dataclass(frozen=True, slots=True)
 class SymbolSpec:
-    """Static description of one simulated symbol; amounts are integers in 1e-8 units."""
+    """Static description of one simulated symbol; amounts are integers in 1e-8 units.
+
+    ``status`` is Binance's (``TRADING``, ``BREAK``, ...): only ``TRADING`` symbols are ever streamed.
+    """
 
     symbol: str
     base_asset: str
@@ -53,6 +59,12 @@ class SymbolSpec:
     step_e8: int
     start_mid_e8: int
     levels: int
+    status: str = TRADING
+
+    @property
+    def trading(self) -> bool:
+        """True when the symbol trades (and is streamed)."""
+        return self.status == TRADING
 
 
 def derive_rng(seed: int, *parts: str) -> random.Random:
@@ -115,17 +127,36 @@ def random_symbol_names(count: int, *, seed: int) -> list[str]:
         base = "".join(rng.choice(_LETTERS) for _ in range(3 + int(rng.random() * 3)))
         quote = "USDT" if rng.random() < 0.85 else rng.choice(("FDUSD", "BTC", "USDC"))
         name = base + quote
-        if base not in _QUOTES and name not in seen:
+        # The split must give back (base, quote): exchangeInfo's baseAsset/quoteAsset come from it.
+        if base not in _QUOTES and name not in seen and _split_symbol(name) == (base, quote):
             seen.add(name)
             names.append(name)
     return names
+
+
+def default_not_trading(random_symbols: int) -> int:
+    """How many of ``random_symbols`` generated symbols are listed but not trading by default: about 1 %, at least
+    one from 20 symbols on (none among fixed symbols, ``random_symbols`` 0)."""
+    if random_symbols < 20:
+        return 0
+    return max(1, round(random_symbols / 100))
+
+
+def pick_not_trading(symbols: Sequence[str], count: int, *, seed: int) -> frozenset[str]:
+    """Choose ``count`` of ``symbols`` (all if fewer) by a stable hash of ``(seed, symbol)``: the same seed and
+    names always give the same choice, whatever their order."""
+
+    def rank(symbol: str) -> bytes:
+        return hashlib.blake2b(f"{seed}|status|{symbol}".encode(), digest_size=8).digest()
+
+    return frozenset(sorted(dict.fromkeys(symbols), key=rank)[:count])
 
 
 def _symbol_info(spec: SymbolSpec) -> dict[str, Any]:
     max_qty_e8 = min(spec.step_e8 * 10**9, 9_000_000_000 * E8)
     return {
         "symbol": spec.symbol,
-        "status": "TRADING",
+        "status": spec.status,
         "baseAsset": spec.base_asset,
         "baseAssetPrecision": 8,
         "quoteAsset": spec.quote_asset,
@@ -134,7 +165,7 @@ def _symbol_info(spec: SymbolSpec) -> dict[str, Any]:
         "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
         "icebergAllowed": True,
         "ocoAllowed": True,
-        "isSpotTradingAllowed": True,
+        "isSpotTradingAllowed": spec.trading,
         "isMarginTradingAllowed": False,
         "filters": [
             {

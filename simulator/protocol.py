@@ -88,18 +88,21 @@ def ws_url(host: str, port: int, streams: Sequence[str] = (), *, combined: bool 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """Reply text to send, and the connection's subscriptions and ``combined`` property afterwards."""
+    """Reply text to send, the connection's subscriptions and ``combined`` property afterwards, and what limit
+    the request broke, if any (``violation``: a SUBSCRIBE over ``max_streams``)."""
 
     reply: str
     streams: tuple[str, ...]
     combined: bool
+    violation: str | None = None
 
 
 class _RequestError(Exception):
-    def __init__(self, code: int, msg: str) -> None:
+    def __init__(self, code: int, msg: str, violation: str | None = None) -> None:
         super().__init__(msg)
         self.code = code
         self.msg = msg
+        self.violation = violation
 
 
 def _reply(request_id: Any, *, result: Any = None, error: tuple[int, str] | None = None) -> str:
@@ -136,7 +139,9 @@ def _apply(
     if method == "SUBSCRIBE":
         merged = tuple(dict.fromkeys((*streams, *_stream_params(request))))
         if len(merged) > max_streams:
-            raise _RequestError(2, f"Invalid request: too many streams, at most {max_streams} per connection")
+            violation = f"SUBSCRIBE to {len(merged)} streams > {max_streams} per connection, answered an error"
+            msg = f"Invalid request: too many streams, at most {max_streams} per connection"
+            raise _RequestError(2, msg, violation)
         return None, merged, combined
     if method == "UNSUBSCRIBE":
         removed = set(_stream_params(request))
@@ -171,7 +176,7 @@ def handle_request(raw: str | bytes, *, streams: Sequence[str], combined: bool, 
     try:
         result, new_streams, new_combined = _apply(request, current, combined, max_streams)
     except _RequestError as exc:
-        return Outcome(_reply(request_id, error=(exc.code, exc.msg)), current, combined)
+        return Outcome(_reply(request_id, error=(exc.code, exc.msg)), current, combined, exc.violation)
     return Outcome(_reply(request_id, result=result), new_streams, new_combined)
 
 
@@ -182,6 +187,12 @@ def _frame_header(length: int) -> bytes:
     if length < 65536:
         return bytes((_TEXT_FIN, 126)) + length.to_bytes(2, "big")
     return bytes((_TEXT_FIN, 127)) + length.to_bytes(8, "big")
+
+
+def frame(*parts: bytes) -> bytes:
+    """One server-to-client text frame (header included) whose payload is ``parts`` joined: identical bytes for
+    every connection, so a frame shared by many sessions is built once (see ``FrameWriter``)."""
+    return b"".join((_frame_header(sum(map(len, parts))), *parts))
 
 
 class FrameWriter:
@@ -202,6 +213,13 @@ class FrameWriter:
     def is_open(self) -> bool:
         """True while data frames may still be sent (not closing, not closed)."""
         return self._connection.protocol.state is State.OPEN
+
+    def write_framed(self, data: bytes) -> bool:
+        """Write frames already built by ``frame``; False (nothing written) once the connection is closing."""
+        if not self.is_open:
+            return False
+        self._connection.transport.write(data)
+        return True
 
     def write(self, frames: Sequence[bytes]) -> bool:
         """Frame and write ``frames`` now; returns False (and writes nothing) once the connection is closing."""

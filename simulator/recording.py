@@ -28,7 +28,7 @@ import websocket
 from models.errors import ConfigError
 from simulator.faults import FaultState
 from simulator.protocol import parse_ws_path
-from simulator.server import ServerConfig, Session, Stats
+from simulator.session import ServerConfig, Session, Stats
 
 logger = logging.getLogger(__name__)
 

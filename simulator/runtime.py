@@ -5,6 +5,7 @@ signal, or serving from a background thread (the in-process API that tests and b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import threading
@@ -16,12 +17,22 @@ from typing import Any, Self, TypeVar
 
 from models.errors import ConfigError
 from models.vocabulary import DEFAULT_SYMBOLS
+from simulator.broadcast import Broadcaster
 from simulator.control import Controls, HttpApi
 from simulator.faults import FaultConfig, FaultState, faulty_payload
-from simulator.market import Market, SymbolBook, make_specs, random_symbol_names
+from simulator.market import (
+    NOT_TRADING,
+    Market,
+    SymbolBook,
+    default_not_trading,
+    make_specs,
+    pick_not_trading,
+    random_symbol_names,
+)
 from simulator.protocol import parse_stream, ws_url
 from simulator.recording import ReplayConfig, ReplayFeeder, read_recording, recorded_symbols, replay_items
-from simulator.server import ServerConfig, Session, Stats, StreamServer
+from simulator.server import StreamServer
+from simulator.session import ServerConfig, Session, Stats
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +44,10 @@ _BATCH = 64
 class SimConfig:
     """Simulator settings: market (symbols, seed, rate), connection rules and start-up faults.
 
-    ``random_symbols`` > 0 replaces ``symbols`` with that many generated names. ``rate`` (frames/s per
-    connection, spread round-robin over its streams) replaces the 1000 ms / 100 ms stream cadences.
+    ``random_symbols`` > 0 replaces ``symbols`` with that many generated names. ``not_trading`` of them are
+    listed in exchangeInfo with status ``BREAK`` and never streamed (``None``: about 1 % of ``random_symbols``, at
+    least one from 20 on, none among fixed symbols). ``rate`` (frames/s per connection, spread round-robin over
+    its streams) replaces the 1000 ms / 100 ms stream cadences.
     """
 
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
@@ -43,6 +56,7 @@ class SimConfig:
     rate: float | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    not_trading: int | None = None
 
     def __post_init__(self) -> None:
         if self.random_symbols < 0:
@@ -51,6 +65,8 @@ class SimConfig:
             raise ConfigError("at least one symbol is needed")
         if self.rate is not None and not self.rate > 0:
             raise ConfigError(f"rate must be positive, got {self.rate}")
+        if self.not_trading is not None and self.not_trading < 0:
+            raise ConfigError(f"not_trading must be >= 0, got {self.not_trading}")
 
 
 @dataclass(slots=True)
@@ -63,19 +79,23 @@ class _Sub:
 
 
 class SimFeeder:
-    """Feeds sessions from a ``Market`` at each stream's cadence (1000/100 ms) or at a fixed rate per connection,
-    applying the book faults (malformed, crossed, one-sided) and stalls."""
+    """Feeds sessions from a ``Market``: at each stream's cadence (1000/100 ms) through one shared ``Broadcaster``,
+    or at a fixed rate per connection; applies the book faults (malformed, crossed, one-sided) and stalls.
+
+    Only ``TRADING`` symbols are streamed; streams of other symbols are acknowledged and stay silent."""
 
     def __init__(self, market: Market, *, faults: FaultState, stats: Stats, rate: float | None) -> None:
         self.market = market
         self._faults = faults
         self._stats = stats
         self._rate = rate
+        self._tradable = frozenset(symbol for symbol, spec in market.specs.items() if spec.trading)
+        self._broadcaster = Broadcaster(market, faults=faults, stats=stats, tradable=self._tradable)
 
     async def run(self, session: Session) -> None:
         """Send frames for the session's servable streams until the connection closes."""
         if self._rate is None:
-            await self._run_timed(session)
+            await self._broadcaster.run(session)
         else:
             await self._run_rate(session, self._rate)
 
@@ -85,7 +105,7 @@ class SimFeeder:
         for name in names:
             if name in old:
                 subs[name] = old[name]
-            elif (stream := parse_stream(name, self.market.specs)) is not None:
+            elif (stream := parse_stream(name, self._tradable)) is not None:
                 prefix = b'{"stream":"%b","data":' % name.encode()
                 book = self.market.book(stream.symbol)
                 subs[name] = _Sub(name, book, stream.levels, stream.interval_ms / 1000.0, prefix)
@@ -104,33 +124,6 @@ class SimFeeder:
             payload = book.payload(sub.depth)
         self._stats.frames[sub.name] += 1
         return sub.prefix + payload + b"}" if combined else payload
-
-    async def _run_timed(self, session: Session) -> None:
-        loop = asyncio.get_running_loop()
-        subs: dict[str, _Sub] = {}
-        due: dict[str, float] = {}
-        while session.writer.is_open:
-            now = loop.time()
-            if session.changed.is_set():
-                session.changed.clear()
-                subs = self._subs(session.streams, subs)
-                due = {name: due.get(name, now) for name in subs}
-            if not subs:
-                await session.changed.wait()
-                continue
-            frames = []
-            for name, when in due.items():
-                if when > now:
-                    continue
-                sub = subs[name]
-                following = when + sub.interval_s
-                due[name] = following if following > now else now + sub.interval_s
-                if self._faults.stalls and self._faults.is_stalled(name, now):
-                    continue
-                self.market.refresh(sub.book, now)
-                frames.append(self._frame(sub, session.combined))
-            session.emit(frames)
-            await session.wait_changed(min(due.values()) - loop.time())
 
     async def _run_rate(self, session: Session, rate: float) -> None:
         loop = asyncio.get_running_loop()
@@ -172,11 +165,12 @@ class SimFeeder:
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
-    """A server ready to start, its controls and the symbols it knows (upper-case)."""
+    """A server ready to start, its controls, the symbols it lists (upper-case) and those of them not trading."""
 
     server: StreamServer
     controls: Controls
     symbols: tuple[str, ...]
+    not_trading: frozenset[str] = frozenset()
 
 
 def build_simulator(config: SimConfig) -> Bundle:
@@ -186,12 +180,17 @@ def build_simulator(config: SimConfig) -> Bundle:
     else:
         names = list(config.symbols)
     specs = make_specs(names, seed=config.seed, allow_thin=config.random_symbols > 0)
+    count = default_not_trading(config.random_symbols) if config.not_trading is None else config.not_trading
+    halted = pick_not_trading([spec.symbol for spec in specs], count, seed=config.seed)
+    specs = [dataclasses.replace(spec, status=NOT_TRADING) if spec.symbol in halted else spec for spec in specs]
     faults, stats = FaultState(config.faults, seed=config.seed), Stats()
     feeder = SimFeeder(Market(specs, seed=config.seed), faults=faults, stats=stats, rate=config.rate)
     server = StreamServer(config.server, feeder, faults=faults, stats=stats)
     controls = Controls(server, book_faults=True)
     server.http_routes = HttpApi(controls, specs)
-    return Bundle(server, controls, tuple(spec.symbol for spec in specs))
+    if halted:
+        logger.info("%d of %d symbols listed as %s, never streamed", len(halted), len(specs), NOT_TRADING)
+    return Bundle(server, controls, tuple(spec.symbol for spec in specs), halted)
 
 
 def build_replayer(config: ReplayConfig) -> Bundle:
@@ -244,8 +243,13 @@ class ServerThread:
 
     @property
     def symbols(self) -> tuple[str, ...]:
-        """The symbols served (upper-case)."""
+        """The symbols listed (upper-case), trading or not."""
         return self._bundle.symbols
+
+    @property
+    def not_trading(self) -> frozenset[str]:
+        """The listed symbols whose status is not TRADING (never streamed)."""
+        return self._bundle.not_trading
 
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()

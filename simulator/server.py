@@ -1,5 +1,9 @@
 """The Binance-compatible websocket server: URL paths, JSON methods, limits, keepalive, lifetime, periodic faults.
 
+Limits as Binance's (``simulator.limits``): at most ``max_streams`` per connection (400 at the handshake, an
+error reply to a SUBSCRIBE), ``max_messages_per_s`` incoming messages (close 1008), ``max_connections_per_5m``
+new connections per client IP (429), request URIs over ``max_uri_bytes`` (414).
+
 Owns connections and connection rules only: what data to send comes from a ``Feeder`` (simulated market or
 replayed recording), what HTTP requests answer comes from ``simulator.control.HttpApi``. Every object here lives
 on the event loop thread; other threads go through ``simulator.runtime.ServerThread``.
@@ -8,14 +12,11 @@ on the event loop thread; other threads go through ``simulator.runtime.ServerThr
 from __future__ import annotations
 
 import asyncio
-import collections
 import http
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -25,9 +26,17 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from models.errors import ConfigError
 from simulator.faults import FaultKind, FaultState
-from simulator.protocol import FrameWriter, handle_request, parse_ws_path
+from simulator.limits import (
+    ConnectionHooks,
+    ConnectionRate,
+    LimitedConnection,
+    Violation,
+    connection_class,
+    record_violation,
+)
+from simulator.protocol import handle_request, parse_ws_path
+from simulator.session import Feeder, ServerConfig, Session, Stats
 
 logger = logging.getLogger(__name__)
 
@@ -35,115 +44,6 @@ HttpRoutes = Callable[[str, Mapping[str, str]], "tuple[int, Any] | None"]
 """(path, query) -> (status, JSON body), or None when the path is not an HTTP route."""
 
 _WRITE_LIMIT = 256 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """Binance connection rules shared by the simulator and the replayer (seconds unless named otherwise).
-
-    ``ping_interval_s`` / ``pong_timeout_s`` of ``None`` disable keepalive; ``max_lifetime_s`` of ``None``
-    keeps connections forever. The ``serverShutdown`` event goes out ``shutdown_notice_s`` before the close.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    ping_interval_s: float | None = 20.0
-    pong_timeout_s: float | None = 60.0
-    max_lifetime_s: float | None = 24 * 3600.0
-    shutdown_notice_s: float = 0.0
-    max_streams: int = 1024
-    max_messages_per_s: int = 5
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be in 0..65535, got {self.port}")
-        for name in ("ping_interval_s", "pong_timeout_s", "max_lifetime_s"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-        if self.shutdown_notice_s < 0:
-            raise ConfigError(f"shutdown_notice_s must be >= 0, got {self.shutdown_notice_s}")
-        if self.max_streams < 1 or self.max_messages_per_s < 1:
-            raise ConfigError("max_streams and max_messages_per_s must be at least 1")
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters reported by ``GET /control/stats``."""
-
-    connections: int = 0
-    connections_total: int = 0
-    frames: Counter[str] = field(default_factory=Counter)
-    faults: Counter[str] = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy: frames sent per stream, connections (current and total), faults per kind."""
-        return {
-            "connections": self.connections,
-            "connections_total": self.connections_total,
-            "frames_total": sum(self.frames.values()),
-            "frames": dict(self.frames),
-            "faults": {kind.value: self.faults[kind.value] for kind in FaultKind},
-        }
-
-
-class Session:
-    """One client connection: its subscriptions, ``combined`` property, writer and message-rate window."""
-
-    def __init__(
-        self,
-        connection: ServerConnection,
-        *,
-        combined: bool,
-        streams: tuple[str, ...],
-        faults: FaultState,
-        stats: Stats,
-    ) -> None:
-        self.connection = connection
-        self.combined = combined
-        self.streams = streams
-        self.writer = FrameWriter(connection)
-        self._faults = faults
-        self._stats = stats
-        self.changed = asyncio.Event()
-        self.changed.set()
-        self._message_times: collections.deque[float] = collections.deque()
-
-    def allow_message(self, now: float, per_second: int) -> bool:
-        """Count one incoming message; False when more than ``per_second`` came within the last second."""
-        times = self._message_times
-        times.append(now)
-        while times and times[0] <= now - 1.0:
-            times.popleft()
-        return len(times) <= per_second
-
-    def emit(self, frames: list[bytes]) -> None:
-        """Send data frames now, or ``delay_ms`` later while the delay fault is on (order is kept)."""
-        if not frames:
-            return
-        delay_ms = self._faults.settings.delay_ms
-        if delay_ms > 0:
-            self._stats.faults[FaultKind.DELAY.value] += len(frames)
-            asyncio.get_running_loop().call_later(delay_ms / 1000.0, self.writer.write, frames)
-        else:
-            self.writer.write(frames)
-
-    async def wait_changed(self, timeout: float) -> None:
-        """Sleep up to ``timeout`` seconds, waking early when the subscriptions change."""
-        if timeout <= 0:
-            await asyncio.sleep(0)
-            return
-        try:
-            async with asyncio.timeout(timeout):
-                await self.changed.wait()
-        except TimeoutError:
-            pass
-
-
-class Feeder(Protocol):
-    """Produces the data frames of one session until it closes (returns or gets cancelled)."""
-
-    async def run(self, session: Session) -> None: ...
 
 
 def _json_response(status: int, body: Any) -> Response:
@@ -170,6 +70,8 @@ class StreamServer:
         self._sessions: set[Session] = set()
         self._server: Server | None = None
         self._periodic: list[asyncio.Task[None]] = []
+        self._connection_rate = ConnectionRate(config.max_connections_per_5m)
+        self._hooks = ConnectionHooks(on_uri_too_long=self._uri_too_long)
 
     @property
     def port(self) -> int:
@@ -185,6 +87,7 @@ class StreamServer:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
+            create_connection=connection_class(self._hooks),
             compression=None,
             ping_interval=self.config.ping_interval_s,
             ping_timeout=self.config.pong_timeout_s,
@@ -240,7 +143,19 @@ class StreamServer:
             await asyncio.sleep(seconds)
             action()
 
+    def _violation(self, kind: Violation, connection: ServerConnection, detail: str) -> None:
+        record_violation(self.stats.violations, kind, connection.remote_address, detail)
+
+    def _uri_too_long(self, connection: ServerConnection) -> None:
+        """websockets itself answered 414: the request line did not fit its 8 KiB line limit."""
+        self._violation(Violation.URI_TOO_LONG, connection, "request line over 8192 bytes, answered 414")
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        config = self.config
+        if len(request.path) > config.max_uri_bytes:
+            detail = f"URI of {len(request.path)} bytes > {config.max_uri_bytes}"
+            self._violation(Violation.URI_TOO_LONG, connection, detail + ", answered 414")
+            return _json_response(414, {"code": -1, "msg": f"Request-URI Too Long: {detail}"})
         path, _, query = request.path.partition("?")
         if self.http_routes is not None:
             routed = self.http_routes(path, dict(parse_qsl(query)))
@@ -249,9 +164,15 @@ class StreamServer:
         ws_path = parse_ws_path(request.path)
         if ws_path is None:
             return _json_response(404, {"code": -1, "msg": f"Not found: {path}"})
-        if len(ws_path.streams) > self.config.max_streams:
-            msg = f"Too many streams: {len(ws_path.streams)} > {self.config.max_streams} per connection"
+        if len(ws_path.streams) > config.max_streams:
+            msg = f"Too many streams: {len(ws_path.streams)} > {config.max_streams} per connection"
+            self._violation(Violation.STREAMS_PER_CONNECTION, connection, msg + " in the URL, answered 400")
             return _json_response(400, {"code": -1, "msg": msg})
+        ip = str(connection.remote_address[0]) if connection.remote_address else "?"
+        if not self._connection_rate.allow(ip, asyncio.get_running_loop().time()):
+            msg = f"Too many new connections: at most {config.max_connections_per_5m} per 5 minutes per IP"
+            self._violation(Violation.CONNECTION_RATE, connection, msg + ", answered 429")
+            return _json_response(429, {"code": -1003, "msg": msg})
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:
@@ -261,6 +182,12 @@ class StreamServer:
         session = Session(
             connection, combined=ws_path.combined, streams=ws_path.streams, faults=self.faults, stats=self.stats
         )
+        session.rate.limit = self.config.max_messages_per_s
+        session.slow_client_bytes = self.config.slow_client_bytes
+        if isinstance(connection, LimitedConnection):
+            connection.on_control_frame = lambda: self._control_frame(session)
+            ping_s = self.config.ping_interval_s
+            connection.count_answers = ping_s is None or ping_s >= 1.0
         self._sessions.add(session)
         self.stats.connections += 1
         self.stats.connections_total += 1
@@ -278,20 +205,37 @@ class StreamServer:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, Exception) and not isinstance(result, ConnectionClosed):
                     logger.error("session task failed", exc_info=result)
+            if session.closing is not None:  # not cancelled: a close handshake cut short would leave the socket
+                await asyncio.wait([session.closing])
             self._sessions.discard(session)
             self.stats.connections -= 1
             logger.info("client gone: %s code=%s", connection.remote_address, connection.close_code)
 
+    def _too_many_messages(self, session: Session, what: str) -> None:
+        detail = f"more than {session.rate.limit} incoming messages within 1 s ({what}), closing 1008"
+        self._violation(Violation.MESSAGES_PER_SECOND, session.connection, detail)
+
+    def _control_frame(self, session: Session) -> None:
+        """A ping or an unsolicited pong arrived: it counts against the message rate like a text message."""
+        if session.closing is None and not session.rate.allow(asyncio.get_running_loop().time()):
+            self._too_many_messages(session, "ping/pong")
+            closing = session.connection.close(CloseCode.POLICY_VIOLATION, "Too many requests")
+            session.closing = asyncio.ensure_future(closing)
+
     async def _read(self, session: Session) -> None:
         connection, loop = session.connection, asyncio.get_running_loop()
         async for message in connection:
-            if not session.allow_message(loop.time(), self.config.max_messages_per_s):
-                logger.warning("closing %s: too many messages per second", connection.remote_address)
+            if session.closing is not None:
+                return
+            if not session.rate.allow(loop.time()):
+                self._too_many_messages(session, "text")
                 await connection.close(CloseCode.POLICY_VIOLATION, "Too many requests")
                 return
             outcome = handle_request(
                 message, streams=session.streams, combined=session.combined, max_streams=self.config.max_streams
             )
+            if outcome.violation is not None:
+                self._violation(Violation.STREAMS_PER_CONNECTION, connection, outcome.violation)
             if outcome.streams != session.streams or outcome.combined != session.combined:
                 session.streams, session.combined = outcome.streams, outcome.combined
                 session.changed.set()

@@ -80,3 +80,27 @@ def test_unreadable_recording_exits_2_with_one_line(tmp_path: Path, capsys: pyte
     assert args.func(args) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("bookfeed replay: error: cannot read recording")
+
+
+def test_scale_and_limit_flags() -> None:
+    argv = "simulate --random-symbols 1500 --not-trading 7 --max-connections-per-5m 50"
+    args = _parse([*argv.split(), "--max-lifetime", "60", "--shutdown-notice", "10"])
+    assert (args.random_symbols, args.not_trading, args.max_connections_per_5m) == (1500, 7, 50)
+    assert (args.max_lifetime, args.shutdown_notice) == (60.0, 10.0)
+    defaults = _parse(["simulate"])
+    assert (defaults.not_trading, defaults.max_connections_per_5m) == (None, 300)
+    assert _parse(["replay", "f", "--max-connections-per-5m", "0"]).max_connections_per_5m == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ("simulate --not-trading -1", "must be an integer >= 0"),
+        ("simulate --max-connections-per-5m 1.5", "not a number"),
+    ],
+)
+def test_bad_scale_flags_exit_2(argv: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _parse(argv.split())
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]

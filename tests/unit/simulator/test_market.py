@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from decimal import Decimal
@@ -9,8 +10,18 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from models.errors import ConfigError
 from models.vocabulary import DEFAULT_SYMBOLS
-from simulator import Market, SimConfig, SymbolBook, book_at, exchange_info, make_spec, random_symbol_names
+from simulator import (
+    Market,
+    SimConfig,
+    SymbolBook,
+    book_at,
+    build_simulator,
+    exchange_info,
+    make_spec,
+    random_symbol_names,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -147,3 +158,35 @@ def test_update_id_steps_are_irregular() -> None:
         ids.append(book.last_update_id)
     steps = {b - a for a, b in itertools.pairwise(ids)}
     assert min(steps) >= 1 and len(steps) > 5
+
+
+@pytest.mark.parametrize(("count", "expected"), [(0, 0), (3, 0), (19, 0), (20, 1), (60, 1), (300, 3), (1500, 15)])
+def test_about_one_percent_of_random_symbols_do_not_trade(count: int, expected: int) -> None:
+    config = SimConfig(random_symbols=count, seed=2) if count else SimConfig()
+    bundle = build_simulator(config)
+    assert len(bundle.not_trading) == expected
+    assert bundle.not_trading <= set(bundle.symbols)
+
+
+def test_non_trading_choice_is_deterministic_and_settable() -> None:
+    first = build_simulator(SimConfig(random_symbols=500, seed=9)).not_trading
+    assert build_simulator(SimConfig(random_symbols=500, seed=9)).not_trading == first
+    assert build_simulator(SimConfig(random_symbols=500, seed=10)).not_trading != first
+    assert len(build_simulator(SimConfig(random_symbols=500, seed=9, not_trading=40)).not_trading) == 40
+    assert build_simulator(SimConfig(random_symbols=500, seed=9, not_trading=0)).not_trading == frozenset()
+    with pytest.raises(ConfigError):
+        SimConfig(not_trading=-1)
+
+
+def test_generated_names_split_back_into_their_assets() -> None:
+    for name in random_symbol_names(3000, seed=1):
+        spec = make_spec(name, seed=1)
+        assert spec.base_asset + spec.quote_asset == name
+        assert spec.quote_asset in {"USDT", "FDUSD", "BTC", "USDC"} and len(spec.base_asset) >= 3
+
+
+def test_exchange_info_shows_each_symbol_status() -> None:
+    spec = make_spec("BTCUSDT", seed=0)
+    halted = dataclasses.replace(spec, status="BREAK")
+    doc = exchange_info([spec, halted], server_time_ms=0)
+    assert [(s["status"], s["isSpotTradingAllowed"]) for s in doc["symbols"]] == [("TRADING", True), ("BREAK", False)]

@@ -1,6 +1,6 @@
-"""The one home of the feed process's wiring: websocket reader (stream.py, frames.py, ids.py) -> batcher.py ->
-outage buffer and publisher thread (outage.py, gaps.py, publisher.py) -> Redis (broker.py), with live stats and each
-stream's last-seen time in Redis."""
+"""The one home of the feed process's wiring: the stream list (universe.py) -> websocket connections (stream.py,
+pool.py, connection.py, tracker.py) -> batcher.py -> outage buffer and publisher thread (outage.py, gaps.py,
+publisher.py) -> Redis (broker.py), with live stats and each stream's last-seen time in Redis."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from feed.ids import peek
 from feed.outage import PendingBatch
 from feed.publisher import Publisher
 from feed.stream import StreamClient
+from feed.universe import SymbolSource, UniverseError
 from models.settings import Settings
 
 __all__ = ["STATS_PREFIX", "read_feed_stats", "run_feed"]
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 STATS_PREFIX = "bookfeed:feed:stats:"
 LAST_SEEN_KEY = "bookfeed:feed:last_seen"  # stream -> ns of its last frame, for the next feed process
-_MAX_STATS_STREAMS = 1_024  # per-stream counts copied into the stats snapshot (Binance allows 1,024 streams)
+_MAX_STATS_STREAMS = 2_048  # per-stream counts copied into the stats snapshot (about 1,500 symbols trade)
+_LIST_RETRY_BASE_S, _LIST_RETRY_CAP_S = 5.0, 300.0  # backoff while the symbol list cannot be read
 
 
 def run_feed(
@@ -91,11 +93,10 @@ def run_feed(
             s, p = client.stats, publisher.stats
             return {
                 "feed_id": feed_id,
-                "connected": s.connected,
                 "frames": s.frames,
                 "duplicates": s.duplicates,
-                "reconnects": s.reconnects,
                 "per_stream": _capped(s.per_stream, _MAX_STATS_STREAMS),
+                **client.snapshot(),
                 "published_frames": p.published_frames,
                 "buffered_frames": publisher.pending_frames(),
                 "buffered_bytes": p.buffered_bytes,
@@ -137,6 +138,8 @@ def run_feed(
             timer.daemon = True
             timer.start()
         try:
+            if not client.fixed:
+                _follow_streams(SymbolSource.from_settings(settings), client, stop)
             client.run(stop)
         finally:
             reader_done.set()
@@ -150,6 +153,36 @@ def run_feed(
             save_state(final, 60, _final_last_seen(client.streams, client.stopped, publisher.unpublished_since))
             logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
         return final
+
+
+def _follow_streams(source: SymbolSource, client: StreamClient, stop: threading.Event) -> None:
+    """Subscribe the source's streams: a fixed list at once, `all` from a thread that reads the list again every
+    `source.refresh_s` (retrying with backoff while the exchange's REST endpoint fails; the feed keeps running)."""
+    if source.refresh_s is None:
+        streams = source.streams()
+        if not streams:
+            logger.warning("no stream to subscribe: this shard holds none of the symbols")
+        client.set_streams(streams)
+        return
+    refresh_s = source.refresh_s
+
+    def follow() -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                streams = source.streams()
+            except UniverseError as exc:
+                failures += 1
+                delay = min(_LIST_RETRY_CAP_S, _LIST_RETRY_BASE_S * 2 ** min(failures - 1, 16))
+                client.pool.source_error = f"symbol list: {exc}"
+                logger.error("could not read the symbol list: %s; retry %d in %.0fs", exc, failures, delay)
+                stop.wait(delay)
+                continue
+            failures, client.pool.source_error = 0, None
+            client.set_streams(streams)
+            stop.wait(refresh_s)
+
+    threading.Thread(target=follow, name="symbols", daemon=True).start()
 
 
 def _capped(counts: dict[str, int], cap: int) -> dict[str, int]:

@@ -12,7 +12,7 @@ import redis
 from feed.batcher import Batcher
 from feed.publisher import Publisher
 from feed.service import _capped, _changed_last_seen, _final_last_seen, run_feed
-from feed.stream import StreamClient
+from feed.stream import Endpoint, StreamClient
 from models.errors import ConfigError
 from models.settings import ReconnectPolicy, Settings
 
@@ -36,27 +36,36 @@ CUSTOM = Settings(
     stall_timeout_s=2.0,
     max_connection_age_s=60.0,
     max_reconnect_attempts=4,
+    streams_per_connection=50,
+    connects_per_5m=20,
 )
 
 
 def test_custom_settings_differ_from_every_default_the_feed_reads() -> None:
-    for name in ("batch_max_frames", "buffer_max_bytes", "max_frame_bytes", "broker_high_water", "stall_timeout_s"):
+    names = ("batch_max_frames", "buffer_max_bytes", "max_frame_bytes", "broker_high_water", "stall_timeout_s")
+    for name in (*names, "streams_per_connection", "connects_per_5m"):
         assert getattr(CUSTOM, name) != Settings.model_fields[name].default, name
 
 
-def test_stream_client_takes_url_policy_and_cap_from_settings() -> None:
+def test_stream_client_takes_endpoint_policy_cap_and_limits_from_settings() -> None:
     client = StreamClient.from_settings(CUSTOM, on_frame=lambda ns, raw: None)
-    assert client.url == "wss://h:9443/stream?streams=solusdt@depth5@100ms/xrpusdt@depth5@100ms"
-    assert client.policy == CUSTOM.reconnect_policy != ReconnectPolicy.default()
-    assert client._max_frame_bytes == 8_192
-    assert (client._silence_ns, client._stall_ns, client._max_age_ns) == (3 * 10**9, 2 * 10**9, 60 * 10**9)
+    assert client.endpoint == Endpoint("wss://h:9443/stream", None)  # subscribed by message
+    assert client.policy == client.pool.policy == CUSTOM.reconnect_policy != ReconnectPolicy.default()
+    assert client.tracker._stall_ns == 2 * 10**9
+    pool = client.pool
+    assert (pool._max_frame_bytes, pool._per_conn, pool.bucket.capacity) == (8_192, 50, 20)
 
 
 def test_stream_client_defaults_are_the_settings_defaults() -> None:
     client = StreamClient("ws://h:1/stream?streams=btcusdt@depth20", on_frame=lambda ns, raw: None)
     defaults = Settings.model_construct()
     assert client.policy == defaults.reconnect_policy
-    assert client._max_frame_bytes == defaults.max_frame_bytes
+    pool = client.pool
+    assert (pool._max_frame_bytes, pool._per_conn, pool.bucket.capacity) == (
+        defaults.max_frame_bytes,
+        defaults.streams_per_connection,
+        defaults.connects_per_5m,
+    )
 
 
 def test_publisher_and_batcher_take_their_limits_from_settings() -> None:

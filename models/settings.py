@@ -9,11 +9,13 @@ passes each one to every service running a process that reads it.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.errors import ConfigError
@@ -63,6 +65,16 @@ def normalise_database_url(url: str) -> str:
     raise ValueError("DATABASE_URL must start with postgresql:// (or postgres://)")
 
 
+def _has_host(url: str) -> bool:
+    """A host, and a port that is a number if there is one."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError when not a number in 0..65535
+    except ValueError:
+        return False
+    return bool(parts.hostname)
+
+
 @dataclass(frozen=True, slots=True)
 class ReconnectPolicy:
     """When the feed's websocket gives up on a connection, and how it tries again (see feed.stream.StreamClient).
@@ -108,7 +120,7 @@ class Settings(BaseSettings):
     exclude: Annotated[tuple[str, ...], NoDecode] = _setting((), used_by=(FEED,))  # symbols never subscribed
     symbols_refresh_s: float = _setting(3600.0, used_by=(FEED,), ge=10)
     # "i/n": this feed process takes the symbols whose stable hash is i modulo n (feed.universe.shard_of).
-    shard: str | None = _setting(None, used_by=(FEED,), pattern=r"^\d{1,4}/\d{1,4}$")
+    shard: str | None = _setting(None, used_by=(FEED,))
     # Streams on one websocket connection (Binance allows 1024) and connections opened per 5 minutes by this process
     # (Binance allows 300 per IP, all processes together).
     streams_per_connection: int = _setting(200, used_by=(FEED,), ge=1, le=1024)
@@ -179,13 +191,16 @@ class Settings(BaseSettings):
 
     @field_validator("symbols", mode="before")
     @classmethod
-    def _symbols(cls, v: object) -> tuple[str, ...]:
+    def _symbols(cls, v: object, info: ValidationInfo) -> tuple[str, ...]:
         """Comma-separated or a sequence, any case: upper case, the symbol vocabulary (``btcusdt`` -> ``BTCUSDT``)."""
         items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
         names = [str(s).strip() for s in items if str(s).strip()]
         if any(n.upper() == ALL_SYMBOLS for n in names):
             if len(names) > 1:
                 raise ValueError("'all' cannot be combined with symbol names (use BOOKFEED_EXCLUDE)")
+            if "streams=" in urlsplit(str(info.data.get("url", ""))).query:
+                # The URL would fix the streams: the exchange's list could never be subscribed.
+                raise ValueError("'all' takes its streams from exchangeInfo: give BOOKFEED_URL without ?streams=")
             return (ALL_SYMBOLS,)
         symbols = tuple(dict.fromkeys(normalise_symbol(n) for n in names))
         if not symbols:
@@ -194,25 +209,32 @@ class Settings(BaseSettings):
 
     @field_validator("quote", "exclude", mode="before")
     @classmethod
-    def _names(cls, v: object) -> tuple[str, ...]:
-        """Comma-separated or a sequence, any case: upper case, duplicates dropped, empty allowed."""
+    def _names(cls, v: object, info: ValidationInfo) -> tuple[str, ...]:
+        """Comma-separated or a sequence, any case: upper case, duplicates dropped, empty allowed; only with `all`
+        (an explicit list is subscribed as given)."""
         items = v.split(",") if isinstance(v, str) else list(v)  # type: ignore[call-overload]
-        return tuple(dict.fromkeys(normalise_asset(str(s)) for s in items if str(s).strip()))
+        names = tuple(dict.fromkeys(normalise_asset(str(s)) for s in items if str(s).strip()))
+        if names and info.data.get("symbols", (ALL_SYMBOLS,)) != (ALL_SYMBOLS,):
+            raise ValueError("only applies with BOOKFEED_SYMBOLS=all (an explicit list is subscribed as given)")
+        return names
 
     @field_validator("shard")
     @classmethod
     def _shard(cls, v: str | None) -> str | None:
-        if v is not None:
-            i, n = (int(x) for x in v.split("/"))
-            if not 0 <= i < n:
-                raise ValueError("shard must be i/n with 0 <= i < n")
-        return v
+        if v is None or not v.strip():
+            return None
+        m = re.fullmatch(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*", v)
+        if m is None or not 0 <= int(m[1]) < int(m[2]):
+            raise ValueError(f"shard must be i/n with 0 <= i < n (e.g. 0/2), got {v.strip()[:20]!r}")
+        return f"{int(m[1])}/{int(m[2])}"
 
     @field_validator("rest_url")
     @classmethod
     def _rest_url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError("the REST URL must start with http:// or https://")
+        if not _has_host(v):
+            raise ValueError("the REST URL needs a host and a numeric port, if any: http[s]://host[:port]")
         return v.rstrip("/")
 
     @property
@@ -240,6 +262,8 @@ class Settings(BaseSettings):
     def _ws_url(cls, v: str) -> str:
         if not v.startswith(("ws://", "wss://")):
             raise ValueError("the feed URL must start with ws:// or wss://")
+        if not _has_host(v):
+            raise ValueError("the feed URL needs a host and a numeric port, if any: ws[s]://host[:port][/path]")
         return v
 
     def require_database_url(self) -> str:

@@ -37,7 +37,23 @@ def _feed_flags(p: argparse.ArgumentParser) -> None:
         help="combined-stream URL (ws[s]://host:port/stream?streams=...) or bare endpoint "
         "to which the streams of --symbols are added (default: live Binance)",
     )
-    p.add_argument("--symbols", help="comma-separated symbols, e.g. btcusdt,ethusdt (env BOOKFEED_SYMBOLS)")
+    p.add_argument(
+        "--symbols",
+        help="comma-separated symbols, e.g. btcusdt,ethusdt, or 'all': every TRADING symbol of the exchange "
+        "(env BOOKFEED_SYMBOLS)",
+    )
+    p.add_argument(
+        "--rest-url",
+        help=f"with --symbols all: where GET /api/v3/exchangeInfo is read (default {_default('rest_url')})",
+    )
+    p.add_argument("--quote", help="with --symbols all: keep only these quote assets, e.g. USDT,FDUSD")
+    p.add_argument("--exclude", help="with --symbols all: never subscribe these symbols, e.g. USDCUSDT")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="take shard I of N of the symbols (stable hash of each symbol); N feeds with the same symbol "
+        "settings split them with no overlap",
+    )
     p.add_argument("--depth", type=int, choices=DEPTHS, help=f"levels per side (default {_default('depth')})")
     p.add_argument("--speed", choices=SPEEDS, help=f"update speed (default {_default('speed')})")
     p.add_argument(
@@ -76,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --simulate: fraction of frames the simulator sends malformed, to see rejected_messages at work "
         "(default 0; make demo uses 0.002)",
     )
+    up.add_argument(
+        "--random-symbols",
+        type=positive_int,
+        metavar="N",
+        help="with --simulate --symbols all: how many symbols the simulator makes up and lists in its exchangeInfo "
+        "(default 200)",
+    )
     up.set_defaults(func=_cmd_up)
 
     fd = sub.add_parser("feed", help="run the websocket feed (needs REDIS_URL)")
@@ -90,19 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags that set the Settings field of the same name.
+_FLAG_SETTINGS = (
+    *("url", "symbols", "rest_url", "quote", "exclude", "shard", "depth", "speed"),
+    *("batch_max_frames", "batch_max_wait_ms", "log_level"),
+)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("url", "symbols", "depth", "speed", "batch_max_frames", "batch_max_wait_ms", "log_level"):
+    for name in _FLAG_SETTINGS:
         v = getattr(args, name, None)
         if v is not None:
             overrides[name] = v
     return load_settings(**overrides)
-
-
-def _feed_url(s: Settings) -> str:
-    from feed.stream import build_url
-
-    return build_url(s.url, symbols=s.symbols, depth=s.depth, speed=s.speed)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -110,9 +134,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     if args.malformed_fraction and not args.simulate:
         raise ConfigError("--malformed-fraction needs --simulate (it sets the built-in simulator's faults)")
-    s = _settings(args)
+    s = _settings(args)  # every URL and symbol setting is validated here, before anything starts
+    if args.random_symbols is not None and not (args.simulate and s.all_symbols):
+        raise ConfigError("--random-symbols needs --simulate and --symbols all (the simulator's generated symbols)")
     configure_logging("WARNING", "text")
-    _feed_url(s)  # validate before starting anything
     opts = UpOptions(
         workers=args.workers,
         duration_s=args.duration,
@@ -120,6 +145,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         interval_s=args.interval,
         simulate=args.simulate,
         malformed_fraction=args.malformed_fraction,
+        **({"random_symbols": args.random_symbols} if args.random_symbols else {}),
     )
     return run_up(s, opts)
 

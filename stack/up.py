@@ -1,5 +1,6 @@
-"""`bookfeed up`: every process on one machine (embedded PostgreSQL/Redis where no URL is set), a live line per
-stream, and a clean stop: feed stopped, queues drained, every closed window computed, exit 0.
+"""`bookfeed up`: every process on one machine (embedded PostgreSQL/Redis where no URL is set), a live view of the
+connections and the busiest symbols, and a clean stop: feed stopped, queues drained, every closed window computed,
+exit 0.
 
 It supervises subprocesses through stack.harness; it never imports worker code beyond the migrations runner and
 the command lines."""
@@ -28,6 +29,7 @@ from stack.embedded import EmbeddedPostgres, EmbeddedRedis, redact
 from stack.harness import (
     Harness,
     beat_command,
+    bookfeed_command,
     drain,
     feed_command,
     flower_command,
@@ -40,7 +42,7 @@ from stack.harness import (
 from stack.live import LiveView
 from workers.schema import upgrade_to_head
 
-__all__ = ["FLOWER_AUTH_FILE", "FLOWER_USER", "UpOptions", "child_env", "flower_env", "run_up"]
+__all__ = ["FLOWER_AUTH_FILE", "FLOWER_USER", "UpOptions", "child_env", "flower_env", "run_up", "simulator_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class UpOptions:
     drain_timeout_s: float = 300.0
     simulate: bool = False  # start the built-in simulator and point the feed at it
     malformed_fraction: float = 0.0  # with `simulate`: the fraction of frames the simulator sends malformed
+    random_symbols: int = 200  # with `simulate` and `--symbols all`: symbols the simulator makes up
 
 
 def flower_env(data_dir: Path) -> dict[str, str]:
@@ -90,6 +93,15 @@ def child_env(settings: Settings) -> dict[str, str]:
         env[env_name(name)] = str(value)
     env[env_name("data_dir")] = str(settings.data_dir.resolve())
     return env
+
+
+def simulator_command(port: int, settings: Settings, opts: UpOptions) -> list[str]:
+    """`bookfeed simulate` serving the feed's symbols, or `opts.random_symbols` made-up ones for `--symbols all`."""
+    faults = {"malformed_fraction": opts.malformed_fraction} if opts.malformed_fraction else {}
+    if not settings.all_symbols:
+        return simulate_command(port=port, symbols=settings.symbols, faults=faults)
+    argv = bookfeed_command("simulate", "--port", str(port), "--random-symbols", str(opts.random_symbols))
+    return argv + [f"--{name.replace('_', '-')}={value}" for name, value in faults.items()]
 
 
 def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = print) -> int:
@@ -127,11 +139,12 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
         harness.start("flower", flower_command(port), extra_env=flower_auth)
         if opts.simulate:
             sim_port = free_port()
-            faults = {"malformed_fraction": opts.malformed_fraction} if opts.malformed_fraction else {}
-            argv = simulate_command(port=sim_port, symbols=settings.symbols, faults=faults)
-            harness.start("simulator", argv, ready=log_line("listening on"), timeout=60)
+            harness.start("simulator", simulator_command(sim_port, settings, opts), ready=log_line("listening on"))
+            # The feed reads its streams and, with `--symbols all`, exchangeInfo from the simulator.
             harness.env[env_name("url")] = f"ws://127.0.0.1:{sim_port}"
-            out(f"Simulator:  ws://127.0.0.1:{sim_port} (Binance-compatible, synthetic books)")
+            harness.env[env_name("rest_url")] = f"http://127.0.0.1:{sim_port}"
+            what = f"{opts.random_symbols} made-up symbols" if settings.all_symbols else "synthetic books"
+            out(f"Simulator:  ws://127.0.0.1:{sim_port} (Binance-compatible, {what})")
         harness.start("feed", feed_command())
         # The console line is the one place the password is shown; it goes to no log.
         password = flower_auth["FLOWER_BASIC_AUTH"].split(":", 1)[1]

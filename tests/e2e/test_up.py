@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,3 +90,48 @@ def test_up_stores_every_frame_once_with_exact_metrics_and_averages(
     assert windows.get(30, 0) >= 2 * 2 and windows.get(60, 0) >= 2
     # `up` stops its feed no earlier than DURATION_S after we started it, then computes every window closed by then.
     assert averages_mismatches(engine, closed_before_s=started_at + DURATION_S) == []
+
+
+ALL_SYMBOLS_RUN_S = 40
+
+
+def test_up_with_every_symbol_stores_each_trading_symbol_and_no_other(
+    fresh_db: tuple[str, Engine], services: Services, tmp_path: Path
+) -> None:
+    """`--symbols all` against the simulator's exchangeInfo, over several connections: books of every TRADING symbol
+    and none of the listed symbols that do not trade; the live view shows the connections and counts the symbols it
+    does not list."""
+    db_url, engine = fresh_db
+    prefix = f"bookfeed-up-all-{uuid.uuid4().hex[:8]}:"
+    with SimulatorThread(SimConfig(random_symbols=120, seed=5)) as sim:
+        with urllib.request.urlopen(sim.http_url("/api/v3/exchangeInfo"), timeout=10) as r:
+            listed = {e["symbol"]: e["status"] for e in json.load(r)["symbols"]}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKFEED_")}
+        env.update(
+            DATABASE_URL=db_url,
+            REDIS_URL=f"{services.redis_base}/{UP_REDIS_DB}",
+            BOOKFEED_BROKER_KEY_PREFIX=prefix,
+            BOOKFEED_DATA_DIR=str(tmp_path / "data"),
+            BOOKFEED_STREAMS_PER_CONNECTION="50",
+        )
+        proc = subprocess.run(
+            up_command(
+                *("--url", f"ws://{sim.host}:{sim.port}", "--rest-url", sim.http_url(), "--symbols", "all"),
+                *("--duration", str(ALL_SYMBOLS_RUN_S), "--interval", "5", "--flower-port", str(free_port())),
+            ),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=ALL_SYMBOLS_RUN_S + 240,
+        )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    trading = {s for s, status in listed.items() if status == "TRADING"}
+    assert len(trading) < len(listed)  # the simulator lists a few symbols that do not trade
+    with engine.connect() as conn:
+        stored = set(conn.execute(text("SELECT DISTINCT symbol FROM order_books")).scalars())
+    assert stored == trading
+    assert f"streams {len(trading)} subscribed" in out
+    assert f"connections {-(-len(trading) // 50)} live" in out  # 50 streams per connection
+    assert f"… {len(trading) - 20} more symbols" in out
+    assert f"symbols with books: {len(trading)}" in out

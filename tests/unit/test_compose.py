@@ -29,7 +29,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-OUR_SERVICES = {"migrate", "worker", "beat", "feed", "flower", "simulator"}
+FEEDS = ("feed-0", "feed-1")  # the feed shards
+OUR_SERVICES = {"migrate", "worker", "beat", *FEEDS, "flower", "simulator"}
 SERVICES = OUR_SERVICES | {"redis", "postgres"}
 HEALTHY = "service_healthy"
 COMPLETED = "service_completed_successfully"
@@ -133,7 +134,7 @@ def test_depends_on_conditions(services: dict[str, dict[str, Any]]) -> None:
         "migrate": {"postgres": HEALTHY},
         "worker": broker_and_schema,
         "beat": broker_and_schema,
-        "feed": broker_and_schema,
+        **dict.fromkeys(FEEDS, broker_and_schema),
         "flower": {"redis": HEALTHY},
     }
     actual = {
@@ -177,7 +178,7 @@ def test_redis_requires_a_password_and_every_client_sends_it(services: dict[str,
     health = " ".join(redis["healthcheck"]["test"])
     assert "REDISCLI_AUTH=" in health and "$${REDIS_PASSWORD}" in health  # $$: read in the container, not by compose
     clients = {name for name, svc in services.items() if "REDIS_URL" in (svc.get("environment") or {})}
-    assert clients == {"worker", "beat", "feed", "flower"}
+    assert clients == {"worker", "beat", *FEEDS, "flower"}
     for name in clients:
         url = services[name]["environment"]["REDIS_URL"]
         assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/\d+", url), f"{name}: {url}"
@@ -195,6 +196,24 @@ def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str,
         v.split(":", 1)[0] for svc in services.values() for v in svc.get("volumes", []) if not v.startswith(("/", "."))
     }
     assert used <= set(compose.get("volumes") or {})
+
+
+def test_feed_shards_split_the_symbols_with_the_same_settings(services: dict[str, dict[str, Any]]) -> None:
+    from feed.universe import in_shard
+    from models.settings import Settings
+
+    feeds = [services[name] for name in FEEDS]
+    shards = [Settings.model_validate({"shard": f["environment"]["BOOKFEED_SHARD"]}).shard_of_n for f in feeds]
+    assert shards == [(i, len(FEEDS)) for i in range(len(FEEDS))]
+    # Everything but the shard is the same: a shard knows only its own index, so other symbol lists would overlap.
+    others = [{k: v for k, v in f.items() if k != "environment"} for f in feeds]
+    envs = [{k: v for k, v in f["environment"].items() if k != "BOOKFEED_SHARD"} for f in feeds]
+    assert all(o == others[0] for o in others) and all(e == envs[0] for e in envs)
+    for field in ("BOOKFEED_SYMBOLS", "BOOKFEED_QUOTE", "BOOKFEED_EXCLUDE", "BOOKFEED_REST_URL", "BOOKFEED_URL"):
+        assert field in envs[0] and envs[0][field] is None  # passed through from the host, alike to both
+    assert all(f["deploy"]["replicas"] == 1 for f in feeds)
+    # With the default symbols every shard has work.
+    assert all(in_shard(Settings.model_fields["symbols"].default, shard) for shard in shards)
 
 
 def test_simulator_is_only_in_the_sim_profile(services: dict[str, dict[str, Any]]) -> None:
@@ -289,7 +308,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
 def test_bookfeed_subcommands_exist(services: dict[str, dict[str, Any]]) -> None:
     parser = _build_parser()
     commands = _commands(services, "bookfeed")
-    assert set(commands) == {"migrate", "feed", "simulator"}
+    assert set(commands) == {"migrate", *FEEDS, "simulator"}
     assert {argv[1] for argv in commands.values()} <= _subcommands(parser)
     for name, argv in commands.items():
         try:

@@ -22,7 +22,14 @@ README = ROOT / "README.md"
 COMPOSE = ROOT / "docker-compose.yml"
 
 # compose service -> the bookfeed process it runs (the simulator reads no setting; `up` is not a compose service).
-SERVICE_PROCESS = {"feed": "feed", "worker": "worker", "beat": "beat", "flower": "flower", "migrate": "migrate"}
+SERVICE_PROCESS = {
+    "feed-0": "feed",
+    "feed-1": "feed",
+    "worker": "worker",
+    "beat": "beat",
+    "flower": "flower",
+    "migrate": "migrate",
+}
 
 FIELDS = sorted(Settings.model_fields)
 

@@ -221,3 +221,91 @@ def test_reconnect_backoff_doubles_up_to_its_cap() -> None:
     assert delays[:3] == [policy.backoff_base_s, 2 * policy.backoff_base_s, 4 * policy.backoff_base_s]
     assert max(delays) == delays[-1] == policy.backoff_cap_s
     assert policy.backoff_s(10_000) == policy.backoff_cap_s
+
+
+# --- every symbol, shards (issue 9) ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["all", "ALL", " All "])
+def test_symbols_all(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("BOOKFEED_SYMBOLS", raw)
+    s = load_settings()
+    assert s.all_symbols and s.symbols == ("ALL",)
+    assert not load_settings(symbols="btcusdt").all_symbols
+
+
+def test_all_cannot_be_mixed_with_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config_error(monkeypatch, BOOKFEED_SYMBOLS="all,btcusdt").startswith("invalid BOOKFEED_SYMBOLS: ")
+
+
+def test_all_needs_a_url_without_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = config_error(
+        monkeypatch, BOOKFEED_URL="ws://127.0.0.1:9/stream?streams=btcusdt@depth20", BOOKFEED_SYMBOLS="all"
+    )
+    assert message.startswith("invalid BOOKFEED_SYMBOLS: ") and "without ?streams=" in message
+    assert load_settings(url="ws://127.0.0.1:9/stream", symbols="all").all_symbols  # the bare endpoint is fine
+
+
+def test_quote_and_exclude_are_normalised_with_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOKFEED_SYMBOLS", "all")
+    monkeypatch.setenv("BOOKFEED_QUOTE", "usdt, FDUSD,usdt")
+    monkeypatch.setenv("BOOKFEED_EXCLUDE", "btcusdt")
+    s = load_settings()
+    assert (s.quote, s.exclude) == (("USDT", "FDUSD"), ("BTCUSDT",))
+    monkeypatch.delenv("BOOKFEED_QUOTE")
+    assert load_settings().quote == ()  # unset: every quote asset
+
+
+@pytest.mark.parametrize("name", ["BOOKFEED_QUOTE", "BOOKFEED_EXCLUDE"])
+def test_quote_and_exclude_need_all(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    message = config_error(monkeypatch, BOOKFEED_SYMBOLS="btcusdt", **{name: "usdt"})
+    assert message.startswith(f"invalid {name}: ") and "BOOKFEED_SYMBOLS=all" in message
+
+
+def test_bad_quote(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config_error(monkeypatch, BOOKFEED_SYMBOLS="all", BOOKFEED_QUOTE="us-dt").startswith(
+        "invalid BOOKFEED_QUOTE"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed", "pair"), [("0/2", "0/2", (0, 2)), (" 01 / 3 ", "1/3", (1, 3)), ("", None, (0, 1))]
+)
+def test_shard(monkeypatch: pytest.MonkeyPatch, raw: str, parsed: str | None, pair: tuple[int, int]) -> None:
+    monkeypatch.setenv("BOOKFEED_SHARD", raw)
+    s = load_settings()
+    assert (s.shard, s.shard_of_n) == (parsed, pair)
+
+
+@pytest.mark.parametrize("raw", ["2/2", "1", "a/b", "-1/2", "0/0", "1/2/3"])
+def test_bad_shard(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    message = config_error(monkeypatch, BOOKFEED_SHARD=raw)
+    assert message.startswith("invalid BOOKFEED_SHARD: ") and "i/n" in message
+
+
+@pytest.mark.parametrize("url", ["ftp://api.binance.com", "api.binance.com", "http://", "http://host:port"])
+def test_bad_rest_url(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    assert config_error(monkeypatch, BOOKFEED_REST_URL=url).startswith("invalid BOOKFEED_REST_URL: ")
+
+
+def test_rest_url_loses_its_trailing_slash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOKFEED_REST_URL", "http://127.0.0.1:9443/")
+    assert load_settings().rest_url == "http://127.0.0.1:9443"
+
+
+@pytest.mark.parametrize("url", ["ws://", "ws://host:port/stream", "wss:///stream"])
+def test_feed_url_needs_a_host(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    assert "needs a host" in config_error(monkeypatch, BOOKFEED_URL=url)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BOOKFEED_STREAMS_PER_CONNECTION", "1025"),
+        ("BOOKFEED_STREAMS_PER_CONNECTION", "0"),
+        ("BOOKFEED_CONNECTS_PER_5M", "301"),
+        ("BOOKFEED_SYMBOLS_REFRESH_S", "1"),
+    ],
+)
+def test_connection_limits_are_bounded(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    assert config_error(monkeypatch, **{name: value}).startswith(f"invalid {name}: ")

@@ -26,6 +26,7 @@ COPY feed/ feed/
 COPY workers/ workers/
 COPY simulator/ simulator/
 COPY stack/ stack/
+COPY api/ api/
 RUN pip install --no-deps . \
     && rm -rf build ./*.egg-info
 

@@ -20,7 +20,8 @@ except ConfigError as _exc:  # one readable line instead of a traceback from the
 broker_connection_retry_on_startup = True
 # Redis at its memory limit (noeviction) refuses the ack/reject/requeue writes with OOM, a channel error: by default
 # the worker exits ("Unrecoverable error: OutOfMemoryError"). Restart the consumer instead; the message stays in the
-# unacked hash and comes back after the visibility timeout. (A delivery under OOM is kept by workers.brokerguard.)
+# unacked hash and comes back after the visibility timeout. (A message popped while Redis refuses kombu's unacked
+# note is in neither place: its batch stays in the outbox and beat's reaper enqueues it again, workers/outbox.py.)
 broker_channel_error_retry = True
 broker_transport_options = {
     # A reserved but unacknowledged task (its worker died, or lost Redis) is redelivered after this long: far longer

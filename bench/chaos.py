@@ -4,8 +4,9 @@ Drives the simulator at a steady rate through feed -> Redis -> two worker nodes 
 can be killed and restarted) while it SIGKILLs workers, takes PostgreSQL down, fills Redis to its memory limit while
 PostgreSQL is down (so workers cannot publish their retries), restarts Redis, restarts the feed and starts a second
 beat. Then it compares the feed's ledger of received frames with what PostgreSQL holds and prints:
-frames sent, received, stored, rejected, duplicated, lost, and the longest time from receive to stored. Exit 1 when
-anything was duplicated or lost, or an average window is missing or wrong.
+frames sent, received, stored, rejected, duplicated, lost, the task messages lost between Redis and a worker that the
+outbox's reaper enqueued again, and the longest time from receive to stored. Exit 1 when anything was duplicated or
+lost, or an average window is missing or wrong.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from stack.harness import (
 )
 from workers.audit import averages_mismatches, check_ledger, duplicated_books, read_ledger
 from workers.averages import compute_averages
+from workers.outbox import OutboxKeys
 from workers.schema import upgrade_to_head
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
@@ -49,7 +51,8 @@ NODE_DOWN_S = 3.0  # how long a SIGKILLed worker node stays down
 REDIS_DOWN_S = 5.0  # how long Redis stays down when restarted
 READY_TIMEOUT_S = 120.0
 # Lines that say a process is ready (its log, read from the harness).
-WORKER_READY, BEAT_READY, FEED_READY, SIM_READY = "ready.", "beat: Starting", "connected to", "listening on"
+WORKER_READY, BEAT_READY, SIM_READY = "ready.", "beat: Starting", "listening on"
+FEED_READY = ("connected to", "): live")  # one connection, or the first of a pool ("connection 1 (3 streams): live")
 
 
 class Drill:
@@ -110,7 +113,8 @@ class Drill:
         self.harness.start(name, argv, ready=log_line(BEAT_READY), timeout=READY_TIMEOUT_S)
 
     def start_feed(self) -> None:
-        self.harness.start("feed", feed_command(), ready=log_line(FEED_READY), timeout=READY_TIMEOUT_S)
+        ready = [log_line(line) for line in FEED_READY]
+        self.harness.start("feed", feed_command(), ready=lambda c: any(r(c) for r in ready), timeout=READY_TIMEOUT_S)
 
     # ---- faults -------------------------------------------------------------------------------------------
     def kill_worker_node(self, name: str) -> None:
@@ -189,7 +193,7 @@ def schedule(d: Drill, duration: float, pg_outage: float) -> list[tuple[float, C
     ]
 
 
-def analyse(d: Drill, engine: Engine, final_now: float) -> dict[str, Any]:
+def analyse(d: Drill, engine: Engine, final_now: float, reaped: int) -> dict[str, Any]:
     entries = read_ledger(d.ledger)
     report = check_ledger(engine, entries)
     with engine.connect() as conn:
@@ -212,6 +216,7 @@ def analyse(d: Drill, engine: Engine, final_now: float) -> dict[str, Any]:
         "lost": len(report.missing),
         "lost examples": report.missing[:5],
         "average windows missing or wrong": len(averages_mismatches(engine, closed_before_s=final_now)),
+        "task messages lost in transit, enqueued again (outbox)": reaped,
         "longest receive -> stored (s)": round(float(lat or 0), 2),
     }
 
@@ -265,11 +270,12 @@ def main(argv: list[str] | None = None) -> int:
             progress=d.log,
             interval=1.0,
         )
+        reaped = int(client.get(OutboxKeys(KEY_PREFIX).reaped) or 0)
         client.close()
         final_now = time.time()
         for w in WINDOWS_S:
             compute_averages(engine, window_s=w, now_s=final_now, grace_s=0.0, lookback_s=600.0)
-        report = analyse(d, engine, final_now)
+        report = analyse(d, engine, final_now, reaped)
         engine.dispose()
     finally:
         d.shutdown()

@@ -3,8 +3,9 @@
 - start: a child in a session of its own (a Ctrl-C in the terminal reaches its parent only), output in a log file;
 - wait until ready: a line in its log, an open port or an answered ping, polled; never a fixed sleep;
 - stop: SIGTERM to the child, SIGKILL to its whole process group when it does not exit in time;
-- drain: wait until the broker holds no task, queued (ingest and metrics) or reserved (kombu's unacked hash), under
-  the deployment's key prefix;
+- drain: wait until the broker holds no task, queued (ingest and metrics) or reserved (kombu's unacked hash), and no
+  batch waits in the outbox (workers/outbox.py: one whose message was lost, until beat's reaper re-enqueues it),
+  under the deployment's key prefix;
 - one builder per command line: `bookfeed feed|simulate|up` here, the Celery ones from workers.commands.
 """
 
@@ -24,8 +25,9 @@ from pathlib import Path
 import redis
 
 from models.errors import PipelineError
-from models.vocabulary import QUEUES
+from models.vocabulary import INGEST_QUEUE, QUEUES
 from workers.commands import beat_command, flower_command, worker_command
+from workers.outbox import OutboxKeys
 
 __all__ = [
     "ROOT",
@@ -281,9 +283,16 @@ class Harness:
 
 def pending_tasks(client: redis.Redis, prefix: str = "") -> int:
     """Tasks queued on every bookfeed queue plus those reserved by a worker and not yet acknowledged (with
-    acks_late they sit in kombu's unacked hash), under the deployment's key prefix."""
-    queued = sum(int(client.llen(prefix + queue)) for queue in QUEUES)
-    return queued + int(client.hlen(prefix + UNACKED_KEY))
+    acks_late they sit in kombu's unacked hash), plus the outbox's batches beyond those two (a lost message's,
+    until the reaper re-enqueues it), under the deployment's key prefix. 0 only when all three are empty."""
+    pipe = client.pipeline(transaction=False)
+    for queue in QUEUES:
+        pipe.llen(prefix + queue)
+    pipe.hlen(prefix + UNACKED_KEY)
+    pipe.zcard(OutboxKeys(prefix).seq)
+    *queued, unacked, outbox = (int(n) for n in pipe.execute())
+    ingest = queued[QUEUES.index(INGEST_QUEUE)]
+    return sum(queued) + unacked + max(0, outbox - ingest - unacked)
 
 
 def drain(

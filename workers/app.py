@@ -1,5 +1,6 @@
-"""The Celery app. Loads celeryconfig, includes workers.tasks, gives each worker process its own engine, and starts
-beat's watch on the averages (workers.beat) in the beat process."""
+"""The Celery app. Loads celeryconfig, includes workers.tasks, gives each worker process its own engine, hooks kombu's
+requeue into the outbox (workers.outbox), and starts beat's watch on the averages and its outbox reaper (workers.beat)
+in the beat process."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from sqlalchemy import Engine
 
 from models.logconfig import configure_logging
 from models.settings import get_settings
-from workers import brokerguard
-from workers.beat import start_averages_watch
+from workers import outbox
+from workers.beat import start_averages_watch, start_outbox_reaper
 from workers.db import make_engine
 
 __all__ = ["app", "get_engine"]
@@ -22,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 app = Celery("bookfeed", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
-# Before any consumer starts: a batch Redis hands out while it is full, or while the connection is lost, is kept.
-brokerguard.install(broker_url=lambda: str(app.conf.broker_url))  # read on use: importing needs no REDIS_URL
+# Before any consumer starts: a message kombu puts back in the queue gives its batch a new place in the outbox's
+# sequence, so the reaper never takes it for a lost one.
+outbox.install_restore_hook()
 
 _engine: Engine | None = None
 
@@ -56,8 +58,9 @@ def _setup_logging(**_: Any) -> None:
 
 
 @beat_init.connect
-def _watch_averages(**_: Any) -> None:
+def _start_watches(**_: Any) -> None:
     s = get_settings()
+    start_outbox_reaper(outbox.Outbox(str(app.conf.broker_url), key_prefix=s.broker_key_prefix))
     if not s.database_url:
         logger.warning("DATABASE_URL is not set: beat cannot warn when no worker computes the averages")
         return

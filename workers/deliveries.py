@@ -1,5 +1,6 @@
 """The poison-batch policy, in one place: how one delivery of an ingest batch is handled. Deliveries are counted in the
-broker's Redis (the only Redis writes a worker makes itself), retries per kind in the task's own arguments; `plan`
+broker's Redis (here for a whole batch in its message, by workers.outbox for a reference), retries per kind in the
+task's own arguments; `plan`
 turns both into a mode and `deliver` runs the ladder normal -> frame by frame -> rejected on workers.ingest's plain
 functions. Nothing here knows Celery: a retry is returned as a RetryLater for workers/tasks.py to publish."""
 

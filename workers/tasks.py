@@ -1,4 +1,6 @@
-"""Celery tasks: thin wrappers that decode, delegate to workers.deliveries / workers.averages, and summarise."""
+"""Celery tasks: thin wrappers that decode, delegate to workers.deliveries / workers.averages, and summarise. An
+ingest task carries a reference into the outbox (workers/outbox.py); a whole batch in the message (an older feed, a
+foreign producer) is still handled as before."""
 
 from __future__ import annotations
 
@@ -6,8 +8,9 @@ import logging
 import time
 from typing import Any
 
+import redis
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 
 from models.errors import TransientStorageError
 from models.settings import get_settings
@@ -16,6 +19,7 @@ from workers import averages
 from workers.app import app, get_engine
 from workers.deliveries import DeliveryCounter, Limits, RetryLater, Tries, deliver
 from workers.envelope import batch_key
+from workers.outbox import Outbox, Ref, reference
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +28,20 @@ _LIMITS = Limits(
     max_retries=_S.ingest_max_retries, poison_retries=_S.ingest_poison_retries, max_deliveries=_S.ingest_max_deliveries
 )
 _DELIVERIES = DeliveryCounter(app.conf.broker_url, key_prefix=_S.broker_key_prefix)
+_OUTBOX = Outbox(app.conf.broker_url, key_prefix=_S.broker_key_prefix)
+_REDIS_WAIT_S = (0.5, 5.0)  # first and longest wait while Redis cannot be read
 
 
 # Retries are decided by workers.deliveries.deliver, with budgets per kind of failure in the task's kwargs; Celery's
 # single counter is not used (max_retries=None).
 @app.task(name=INGEST_TASK, bind=True, max_retries=None)
 def ingest_batch(self: Task, batch: Any, outage_retries: int = 0, poison_retries: int = 0) -> dict[str, Any]:
-    """Store one batch of frames, or record them as rejected, as workers.deliveries.deliver decides."""
+    """Store one batch of frames, or record them as rejected, as workers.deliveries.deliver decides. `batch` is
+    `{"batch_id", "seq"}` (the outbox) or the whole batch."""
     tries = Tries.from_args(outage_retries, poison_retries)
+    ref = reference(batch)
+    if ref is not None:
+        return _ingest_ref(self, ref, tries)
     deliveries = _DELIVERIES.count(batch_key(batch))  # printable, bounded, stable across deliveries
     while True:
         step = deliver(get_engine(), batch, deliveries=deliveries, tries=tries, limits=_LIMITS, task_id=self.request.id)
@@ -41,12 +51,66 @@ def ingest_batch(self: Task, batch: Any, outage_retries: int = 0, poison_retries
         tries = step.tries  # the retry could not be published: the next try is made here
 
 
+def _ingest_ref(task: Task, ref: Ref, tries: Tries) -> dict[str, Any]:
+    payload, deliveries = _take(ref)
+    if payload is None:
+        logger.debug("batch %s was completed by an earlier delivery", ref.batch_id)
+        return {"batch_id": ref.batch_id, "completed_before": True}
+    while True:
+        task_id = task.request.id
+        step = deliver(get_engine(), payload, deliveries=deliveries, tries=tries, limits=_LIMITS, task_id=task_id)
+        if not isinstance(step, RetryLater):
+            _OUTBOX.complete(ref.batch_id)
+            return step
+        if _retry_ref(task, ref, step):
+            return {"batch_id": ref.batch_id, "completed_before": True}
+        tries = step.tries  # the retry could not be published: the next try is made here
+
+
+def _take(ref: Ref) -> tuple[Any, int | None]:
+    """The payload and delivery count of `ref`, waiting while Redis cannot be read (the message cannot be
+    acknowledged then either; if this worker dies meanwhile, the message is delivered again)."""
+    wait, longest = _REDIS_WAIT_S
+    while True:
+        try:
+            return _OUTBOX.take(ref)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("cannot read batch %s from the outbox (%s); trying again in %.1f s", ref.batch_id, exc, wait)
+        time.sleep(wait)
+        wait = min(wait * 2, longest)
+
+
+def _retry_ref(task: Task, ref: Ref, later: RetryLater) -> bool:
+    """Enqueue the retry through the outbox (a new sequence number, like every enqueue) and raise Celery's Retry,
+    which acknowledges this message. A retry Redis refuses (full under noeviction, restarting) keeps the batch
+    here, unacknowledged: wait `countdown_s` and return False for the next try here. True: another delivery of the
+    batch completed it meanwhile, nothing is left to retry."""
+    try:
+        seq = _OUTBOX.requeue(
+            ref.batch_id,
+            tries=later.tries,
+            task_id=task.request.id,
+            retries=(task.request.retries or 0) + 1,
+            countdown_s=later.countdown_s,
+        )
+    except (redis.RedisError, OSError) as exc:
+        logger.warning(
+            "cannot publish the retry (%s); keeping the batch, next try here in %.1f s", exc, later.countdown_s
+        )
+        time.sleep(later.countdown_s)
+        return False
+    if seq < 0:
+        logger.debug("batch %s was completed by another delivery; no retry", ref.batch_id)
+        return True
+    raise Retry(exc=later.cause, when=later.countdown_s)
+
+
 def _retry(task: Task, later: RetryLater) -> None:
-    """Publish the retry (raises Celery's Retry). Celery turns a failed publish (Redis full under noeviction, Redis
-    restarting) into Reject(requeue=False), and the broker would delete the batch; a requeue cannot be published
-    either (and an unpublishable requeue stops the worker). So the batch stays here, unacknowledged: wait
-    `countdown_s` and return for the next try. The one wait inside a worker slot, and only while Redis refuses
-    writes."""
+    """Publish the retry of a whole-batch message (raises Celery's Retry). Celery turns a failed publish (Redis full
+    under noeviction, Redis restarting) into Reject(requeue=False), and the broker would delete the batch; a requeue
+    cannot be published either (and an unpublishable requeue stops the worker). So the batch stays here,
+    unacknowledged: wait `countdown_s` and return for the next try. The one wait inside a worker slot, and only
+    while Redis refuses writes."""
     try:
         raise task.retry(exc=later.cause, countdown=later.countdown_s, kwargs=later.tries.as_kwargs())
     except Reject as rej:

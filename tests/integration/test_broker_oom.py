@@ -1,135 +1,77 @@
-"""A message Redis hands out while at its memory limit (noeviction) is kept, not lost (workers.brokerguard).
+"""A task message Redis hands out while at its memory limit (noeviction) is not lost.
 
 BRPOP is allowed under OOM (it frees memory), but kombu's write recording the message as unacknowledged is refused:
-without the guard the message ends in neither the queue nor the unacked hash. Real private redis-server, kombu's
-Redis transport with ack emulation as Celery uses it."""
+the message ends in neither the queue nor the unacked hash. Its batch is still in the outbox, and the reaper enqueues
+it again once Redis has room. Real private redis-server, a real worker, PostgreSQL."""
 
 from __future__ import annotations
 
-import threading
+import os
+import signal
 import time
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Exchange, Queue
+from sqlalchemy import Engine, text
 
-from models.messages import transport_options
+from feed.broker import make_celery_sender
+from feed.outage import PendingBatch
+from models.messages import make_batch
 from stack.embedded import EmbeddedRedis
-from tests.services import wait_for
-from workers import brokerguard
+from tests.conftest import service_env
+from tests.integration._frames import simple_book
+from tests.services import start_worker, stop_process, wait_for
+from workers.outbox import Outbox, OutboxKeys
 
 pytestmark = pytest.mark.integration
 
-PREFIX = "oomtest:"
-QUEUE = Queue("ingest", Exchange("ingest", type="direct"), routing_key="ingest")
+N_FRAMES = 20
 
 
-@pytest.fixture
-def guard_sleeps() -> Iterator[threading.Event]:
-    """The guard installed with a sleep that tells the test it is holding a message."""
-    slept = threading.Event()
-
-    def sleep(delay: float) -> None:
-        slept.set()
-        time.sleep(delay)
-
-    brokerguard.uninstall()
-    brokerguard.install(sleep=sleep)
-    yield slept
-    brokerguard.uninstall()
-    brokerguard.install()
+def _count(engine: Engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql)).scalar_one())
 
 
-def test_a_message_delivered_while_redis_is_full_is_kept_until_acked(
-    tmp_path: Path, guard_sleeps: threading.Event
+def _batch(batch_id: str, first_luid: int) -> PendingBatch:
+    now = time.time_ns()
+    frames = [(now + i * 1000, simple_book(100 + i, luid=first_luid + i)) for i in range(N_FRAMES)]
+    return PendingBatch(make_batch(batch_id=batch_id, frames=frames))
+
+
+def test_a_message_delivered_while_redis_is_full_ends_stored_once(
+    clean_db: Engine, database_url: str, tmp_path: Path
 ) -> None:
     rd = EmbeddedRedis(tmp_path / "redis")
     url = rd.start()
     client = redis.Redis.from_url(url)
-    llen = lambda: client.llen(f"{PREFIX}ingest")  # noqa: E731
-    unacked = lambda: client.hlen(f"{PREFIX}unacked")  # noqa: E731
-    got: list[Any] = []
-    errors: list[BaseException] = []
+    prefix = f"oom-{uuid.uuid4().hex[:6]}:"
+    keys = OutboxKeys(prefix)
+    log = tmp_path / "w.log"
+    worker = start_worker(service_env(database_url, url, BOOKFEED_BROKER_KEY_PREFIX=prefix), log, concurrency=1)
     try:
-        with Connection(url, transport_options={"visibility_timeout": 60, **transport_options(PREFIX)}) as conn:
-            conn.Producer().publish({"batch": 1}, exchange=QUEUE.exchange, routing_key="ingest", declare=[QUEUE])
-            assert llen() == 1
-            ch = conn.channel()
-            ch.basic_qos(0, 1, False)
-            consumer = conn.Consumer(QUEUE, channel=ch, callbacks=[lambda _b, m: got.append(m)], accept=["json"])
-            consumer.consume()
-            client.config_set("maxmemory", 1)  # a private Redis: ours to configure; every write is refused now
-
-            def drain() -> None:
-                try:
-                    conn.drain_events(timeout=8)
-                except BaseException as exc:  # reported to the test below
-                    errors.append(exc)
-
-            t = threading.Thread(target=drain, daemon=True)
-            t.start()
-            wait_for(lambda: llen() == 0, 5, "the message popped under OOM")
-            wait_for(lambda: guard_sleeps.is_set() or not t.is_alive(), 5, "the guard holding the message")
-            client.config_set("maxmemory", 0)
-            t.join(8)
-            assert not t.is_alive()
-            # In neither the queue nor the unacked hash, it would be lost: recorded, a visibility timeout returns it.
-            assert (llen(), unacked()) == (0, 1)
-            assert errors == []
-            assert [m.payload for m in got] == [{"batch": 1}]
-
-            got[0].reject(requeue=True)
-            assert (llen(), unacked()) == (1, 0)
-            conn.drain_events(timeout=5)
-            assert len(got) == 2
-            assert (llen(), unacked()) == (0, 1)
-            got[1].ack()
-            assert (llen(), unacked()) == (0, 0)
-            consumer.cancel()
+        # The idle worker waits in BRPOP. Frozen, it takes the message (Redis answers its BRPOP at once) but reads
+        # it only once Redis is at its limit (a private Redis: ours to configure); then kombu's note is refused.
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            make_celery_sender(url, key_prefix=prefix)(_batch("popped-while-full", 0))
+            client.config_set("maxmemory", 1)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        wait_for(lambda: client.llen(keys.queue) == 0, 30, "the message popped under OOM")
+        wait_for(lambda: "OutOfMemoryError" in log.read_text(), 30, "kombu's note refused")
+        assert client.hlen(keys.unacked) == 0, "in neither the queue nor the unacked hash"
+        client.config_set("maxmemory", 0)
+        box = Outbox(url, key_prefix=prefix)
+        box.reap(grace_s=0.0)
+        assert box.reap(grace_s=0.0).requeued == ["popped-while-full"]
+        wait_for(lambda: box.pending() == 0, 60, "the batch stored")
+        assert _count(clean_db, "SELECT count(*) FROM ingest_batches") == 1
+        assert _count(clean_db, "SELECT count(*) FROM order_books") == N_FRAMES
+        assert _count(clean_db, "SELECT count(*) FROM rejected_messages") == 0
     finally:
-        client.close()
-        rd.stop()
-
-
-def test_errors_other_than_oom_are_not_held() -> None:
-    assert brokerguard.is_oom(redis.exceptions.OutOfMemoryError("command not allowed"))
-    assert not brokerguard.is_oom(redis.exceptions.ResponseError("WRONGTYPE Operation against a key"))
-    assert not brokerguard.is_oom(redis.exceptions.ConnectionError("Connection refused"))
-
-
-def test_a_message_that_cannot_be_recorded_for_another_reason_goes_back_to_its_queue(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """kombu failing to record a popped message as unacknowledged (here: its connection released, as chaos drills
-    saw after a Redis restart) must not lose it: the guard returns it to the queue before the error propagates."""
-    rd = EmbeddedRedis(tmp_path / "redis")
-    url = rd.start()
-    client = redis.Redis.from_url(url)
-    brokerguard.uninstall()
-    brokerguard.install(broker_url=lambda: url)
-    try:
-        with Connection(url, transport_options={"visibility_timeout": 60, **transport_options(PREFIX)}) as conn:
-            conn.Producer().publish({"batch": 2}, exchange=QUEUE.exchange, routing_key="ingest", declare=[QUEUE])
-            ch = conn.channel()
-            ch.basic_qos(0, 1, False)
-            consumer = conn.Consumer(QUEUE, channel=ch, callbacks=[lambda _b, _m: None], accept=["json"])
-            consumer.consume()
-
-            def released(*_args: Any, **_kwargs: Any) -> Any:
-                raise AttributeError("'NoneType' object has no attribute 'hostname'")
-
-            monkeypatch.setattr(type(ch.qos), "pipe_or_acquire", released)
-            with pytest.raises(AttributeError):
-                conn.drain_events(timeout=5)
-            monkeypatch.undo()
-            assert client.llen(f"{PREFIX}ingest") == 1, "the popped message is back on its queue"
-            assert client.hlen(f"{PREFIX}unacked") == 0
-            consumer.cancel()
-    finally:
-        brokerguard.uninstall()
-        brokerguard.install()
+        stop_process(worker)
         client.close()
         rd.stop()

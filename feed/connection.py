@@ -9,6 +9,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,13 +31,30 @@ from feed.tracker import StreamTracker
 from models.errors import RetriesExhaustedError
 from models.settings import ReconnectPolicy
 
-__all__ = ["Connection", "ConnectionStatus", "Host", "State"]
+__all__ = ["RECONNECT_KINDS", "Connection", "ConnectionStatus", "Host", "State", "reconnect_kind"]
 
 logger = logging.getLogger(__name__)
 
 _STABLE_S = 10.0  # a connection that lasted less (or less than the silence timeout) counts as a failed attempt
 _REPLY_TIMEOUT_S = 10.0  # a control request unanswered this long fails the connection
 _VERIFY_TRIES = 3  # LIST_SUBSCRIPTIONS checks (each resubscribing what is missing) before giving up
+
+
+# The kinds of bookfeed_reconnects_total{reason}: a bounded label set (the reasons themselves hold numbers and text).
+RECONNECT_KINDS = ("connect_failed", "silent", "server_closed", "control_error", "socket_error", "other")
+
+
+def reconnect_kind(reason: str) -> str:
+    """The kind of a session's end reason (as `_session` returns it), one of RECONNECT_KINDS."""
+    if reason.startswith("no complete message"):
+        return "silent"
+    if reason == "server closed the connection":
+        return "server_closed"
+    if reason.startswith(("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "subscriptions still differ")):
+        return "control_error"
+    if ": " in reason and reason.split(":", 1)[0].replace("_", "").isalnum():
+        return "socket_error"  # "<ExceptionName>: <description>"
+    return "other"
 
 
 class State(enum.StrEnum):
@@ -119,6 +137,8 @@ class Connection:
         self.frames = 0  # data messages received, duplicates included
         self.live_frames = 0  # ...since it last went live
         self.reconnects = 0
+        # reconnects and failed connects by kind (reconnect_kind): bookfeed_reconnects_total{reason}
+        self.reconnect_kinds: Counter[str] = Counter()
         self.retiring = False  # its pool is replacing it: it never reconnects
         self.rotate_wanted: str | None = None  # why it should be replaced
         self.exhausted: RetriesExhaustedError | None = None
@@ -195,6 +215,7 @@ class Connection:
                     )
                 except Exception as exc:  # refused, DNS, TLS, handshake: all are "try again later"
                     failures += 1
+                    self.reconnect_kinds["connect_failed"] += 1
                     if self._give_up(failures, exc):
                         return
                     self._back_off(failures, f"connect failed: {describe(exc)}")
@@ -204,6 +225,7 @@ class Connection:
                 if self._closing.is_set():
                     return
                 self.reconnects += 1
+                self.reconnect_kinds[reconnect_kind(reason)] += 1
                 self._host.lost(self, f"reconnected: {reason}")
                 if self.retiring:
                     return

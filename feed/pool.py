@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 from feed.connection import Connection, ConnectionStatus, State
@@ -85,6 +86,7 @@ class ConnectionPool:
         self._wanted: dict[str, None] = {}  # the streams wanted, in order
         self._next_id = 1
         self._reconnects_gone = 0  # reconnects of connections no longer in the pool
+        self._kinds_gone: Counter[str] = Counter()  # ...and their reconnect_kinds
         self._subscribed_at = time.monotonic()
         self._alarmed_at = 0.0
         self.source_error: str | None = None  # why the stream list could not be read (run_feed sets it)
@@ -135,6 +137,7 @@ class ConnectionPool:
                 conn.close()
                 self._conns.remove(conn)
                 self._reconnects_gone += conn.reconnects
+                self._kinds_gone.update(conn.reconnect_kinds)
                 logger.info("connection %s closed: no streams left", conn.id)
         _log_change("subscribing", added)
         _log_change("unsubscribing", removed)
@@ -192,6 +195,7 @@ class ConnectionPool:
             for conn in [c for c in self._conns if c.state == State.CLOSED]:
                 self._conns.remove(conn)
                 self._reconnects_gone += conn.reconnects
+                self._kinds_gone.update(conn.reconnect_kinds)
             subscribed = any(c.confirmed for c in self._conns)
         if subscribed or (not self._wanted and self.source_error is None):
             self._subscribed_at = now
@@ -243,6 +247,14 @@ class ConnectionPool:
     def reconnects(self) -> int:
         with self._lock:
             return self._reconnects_gone + sum(c.reconnects for c in self._conns)
+
+    def reconnect_kinds(self) -> dict[str, int]:
+        """Reconnects and failed connects of every connection so far, by kind (feed.connection.RECONNECT_KINDS)."""
+        with self._lock:
+            total = Counter(self._kinds_gone)
+            for c in self._conns:
+                total.update(dict(c.reconnect_kinds))  # a copy: the reader thread may be counting
+        return dict(total)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close every connection and wait for their readers."""

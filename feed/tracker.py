@@ -24,6 +24,7 @@ OTHER_STREAMS = "?"  # the one per_stream counter for frames of streams not subs
 class TrackerStats:
     frames: int = 0  # forwarded
     duplicates: int = 0  # dropped: lastUpdateId not above the stream's last one (stale, repeated, or a rotation copy)
+    stale: int = 0  # ...of which below the last one (the rest repeat it): feed/metrics.py tells the two apart
     rejected: int = 0  # messages refused by a connection (over the size cap), reported through on_reject
     per_stream: dict[str, int] = field(default_factory=dict)  # subscribed streams, the rest under OTHER_STREAMS
     last_frame_ns: int = 0
@@ -152,6 +153,8 @@ class StreamTracker:
                     elif is_whole_frame(raw, luid):  # a broken frame that only looks stale is forwarded (and rejected)
                         if not is_reset(last, luid):
                             stats.duplicates += 1
+                            if luid < last:
+                                stats.stale += 1
                             return None
                         self._last[stream] = luid
                         self._reset_locked(stream, received_ns, f"lastUpdateId reset from {last} to {luid}")

@@ -1,6 +1,7 @@
-"""The live view of `bookfeed up`: every few seconds a header (feeds, streams, frames/s, queue), the state of the
-feeds' connections (each one not live on a line of its own, with its last error), the busiest symbols, and a
-closing summary.
+"""The live view of `bookfeed up`: every few seconds a header (feeds, streams, frames/s, queue), a warning line
+whenever `bookfeed status` would not say healthy (stack/status.py, the same check), the state of the feeds'
+connections (each one not live on a line of its own, with its last error), the busiest symbols, and a closing
+summary. On a terminal the frame is redrawn in place (`redraw`), otherwise printed line by line.
 
 It reads what a user of the database may read, the public views (order_books, book_metrics, price_averages,
 rejected_messages, feed_gaps), plus the feeds' own stats in Redis; never the tables behind the views. A tick costs two
@@ -23,6 +24,7 @@ from feed.service import read_feed_stats
 from models.errors import InvalidBookError
 from models.vocabulary import EXCHANGE, WINDOWS_S, parse_stream_name
 from stack.harness import pending_tasks
+from stack.status import HEALTHY, Status
 
 __all__ = [
     "MAX_CONNECTION_LINES",
@@ -30,6 +32,7 @@ __all__ = [
     "LiveView",
     "format_connections",
     "format_line",
+    "format_warning",
     "window_label",
 ]
 
@@ -107,6 +110,13 @@ def format_connections(
     return lines
 
 
+def format_warning(status: Status) -> str | None:
+    """One line when the status is not healthy (`WARNING status degraded: ...; ...`), else None."""
+    if status.code == HEALTHY:
+        return None
+    return f"WARNING status {status.state}: " + "; ".join(status.problems)
+
+
 def _per_symbol(counts: Mapping[str, int]) -> dict[str, int]:
     """Frames per symbol from frames per stream ("?" and streams that are not partial books are left out)."""
     out: dict[str, int] = {}
@@ -127,6 +137,8 @@ class LiveView:
     out: Callable[[str], None] = print
     windows: tuple[int, ...] = WINDOWS_S
     max_symbols: int = MAX_SYMBOL_LINES
+    status: Callable[[], Status] | None = None  # `bookfeed status`'s check, run every tick
+    redraw: Callable[[Sequence[str]], None] | None = None  # shows a whole frame in place of the previous one
     _prev: dict[str, tuple[float, int]] = field(default_factory=dict)  # symbol -> (monotonic s, frames)
     _prev_frames: dict[str, tuple[float, int]] = field(default_factory=dict)  # feed id -> (monotonic s, frames)
 
@@ -147,26 +159,32 @@ class LiveView:
         dropped = sum(int(s.get("dropped_frames", 0)) for s in stats)
         dup = sum(int(s.get("duplicates", 0)) for s in stats)
         streams = f"streams {subscribed} subscribed  " if any("streams_subscribed" in s for s in stats) else ""
-        self.out(
+        lines = [
             time.strftime("%H:%M:%S")
             + f"  feeds {len(stats)}  {streams}{total:.1f} frames/s  queue {queue}"
             + f"  duplicates dropped {dup}  buffer-dropped {dropped}"
-        )
-        for line in format_connections(stats, now=time.time()):
-            self.out("  " + line)
+        ]
+        warning = format_warning(self.status()) if self.status is not None else None
+        if warning:
+            lines.append("  " + warning)
+        lines += ["  " + line for line in format_connections(stats, now=time.time())]
         for s in stats:  # a feed that cannot read its symbol list (`--symbols all`) says why
             if s.get("source_error"):
-                self.out(f"  feed {str(s.get('feed_id', '?'))[:6]}: {s['source_error']}")
-        if not shown:
-            return
-        with self.engine.connect() as conn:
-            latest = self._latest(conn, shown)
-        for sym in shown:
-            price, spread, averages = latest.get(sym, (None, None, {}))
-            self.out("  " + format_line(sym, rates[sym], price, spread, averages, self.windows))
-        more = max(len(per_symbol), subscribed) - len(shown)
-        if more > 0:
-            self.out(f"  … {more} more symbols")
+                lines.append(f"  feed {str(s.get('feed_id', '?'))[:6]}: {s['source_error']}")
+        if shown:
+            with self.engine.connect() as conn:
+                latest = self._latest(conn, shown)
+            for sym in shown:
+                price, spread, averages = latest.get(sym, (None, None, {}))
+                lines.append("  " + format_line(sym, rates[sym], price, spread, averages, self.windows))
+            more = max(len(per_symbol), subscribed) - len(shown)
+            if more > 0:
+                lines.append(f"  … {more} more symbols")
+        if self.redraw is not None:
+            self.redraw(lines)
+        else:
+            for line in lines:
+                self.out(line)
 
     @staticmethod
     def _rate(prev: dict[str, tuple[float, int]], key: str, n: int, now: float) -> float:

@@ -1,19 +1,22 @@
 """`bookfeed up`: every process on one machine (embedded PostgreSQL/Redis where no URL is set), a live view of the
-connections and the busiest symbols, and a clean stop: feed stopped, queues drained, every closed window computed,
-exit 0.
+connections and the busiest symbols (redrawn in place on a terminal, with a warning line whenever `bookfeed status`
+would not say healthy), the metrics URLs, and a clean stop: feed stopped, queues drained, every closed window
+computed, exit 0.
 
 It supervises subprocesses through stack.harness; it never imports worker code beyond the migrations runner and
 the command lines."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from stack.harness import (
     worker_command,
 )
 from stack.live import LiveView
+from stack.status import Status, check_status, ping_workers
 from workers.schema import upgrade_to_head
 
 __all__ = ["FLOWER_AUTH_FILE", "FLOWER_USER", "UpOptions", "child_env", "flower_env", "run_up", "simulator_command"]
@@ -132,6 +136,7 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
             "PYTHONUNBUFFERED": "1",
         }
         harness = Harness(logs, env)
+        metrics_urls = _metrics_ports(settings, harness.env)
         harness.start("worker", worker_command(concurrency=opts.workers, name=f"bookfeed-{os.getpid()}"))
         harness.start("beat", beat_command(data / "celerybeat-schedule"))
         port = opts.flower_port if port_free(opts.flower_port) else free_port()
@@ -155,7 +160,10 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
             "rejected_messages, feed_gaps)"
         )
         out(f"logs:       {logs}")
-        return _supervise(harness, db_url, redis_url, settings.broker_key_prefix, opts, out)
+        if metrics_urls:
+            out(f"Metrics:    {metrics_urls}  (bookfeed status: the same check as the warning line below)")
+        checked = settings.model_copy(update={"database_url": db_url, "redis_url": redis_url})
+        return _supervise(harness, db_url, redis_url, checked, opts, out)
     finally:
         if harness is not None:
             harness.stop_all(STOP_ORDER)
@@ -165,28 +173,63 @@ def run_up(settings: Settings, opts: UpOptions, out: Callable[[str], None] = pri
             pg.stop()
 
 
+def _metrics_ports(settings: Settings, env: dict[str, str]) -> str:
+    """Choose the feed's and the worker's /metrics ports (the configured ones, or free ones when taken; 0 stays
+    off), put them in the children's environment, and return the URLs to show."""
+    urls = []
+    for what, field in (("feed", "metrics_port"), ("workers", "worker_metrics_port")):
+        port = int(getattr(settings, field))
+        if port and not port_free(port):
+            port = free_port()
+        env[env_name(field)] = str(port)
+        if port:
+            urls.append(f"{what} http://127.0.0.1:{port}/metrics")
+    return ", ".join(urls)
+
+
+@contextlib.contextmanager
+def _screen(out: Callable[[str], None]) -> Iterator[Callable[[Sequence[str]], None] | None]:
+    """On a terminal (and printing to it), a rich Live display the view redraws in place; otherwise None."""
+    if out is not print or not sys.stdout.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(Text(""), console=Console(), auto_refresh=False) as live:
+        yield lambda lines: live.update(Text("\n".join(lines)), refresh=True)
+
+
 def _supervise(
-    harness: Harness, db_url: str, redis_url: str, prefix: str, opts: UpOptions, out: Callable[[str], None]
+    harness: Harness, db_url: str, redis_url: str, settings: Settings, opts: UpOptions, out: Callable[[str], None]
 ) -> int:
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     engine = create_engine(db_url, pool_size=1, pool_pre_ping=True)
     broker = redis.Redis.from_url(redis_url)
-    view = LiveView(engine, broker, prefix, out)
+    prefix = settings.broker_key_prefix
+
+    def status() -> Status:  # what `bookfeed status` checks, with a shorter ping to keep the ticks regular
+        return check_status(settings, engine=engine, broker=broker, ping=lambda: ping_workers(settings, 0.5))
+
+    view = LiveView(engine, broker, prefix, out, status=status)
     deadline = None if opts.duration_s is None else time.monotonic() + opts.duration_s
 
     def progress(line: str) -> None:
         out("  " + line)
 
     try:
-        while not stop.wait(opts.interval_s):
-            problem = harness.exited(ignore=("flower",))
-            if problem:
-                out(f"error: {problem}")
-                return 1
-            view.tick()
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        with _screen(out) as redraw:
+            view.redraw = redraw
+            while not stop.wait(opts.interval_s):
+                problem = harness.exited(ignore=("flower",))
+                if problem:
+                    out(f"error: {problem}")
+                    return 1
+                view.tick()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
         out("stopping: feed first, then draining the queues")
         harness.stop("feed", timeout=60)
         stop_s = time.time()

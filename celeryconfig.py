@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from kombu.entity import Exchange, Queue
 
+from models.coldstore import ARCHIVE_TASK
 from models.errors import ConfigError
 from models.messages import transport_options
 from models.settings import get_settings
@@ -61,6 +62,7 @@ task_queues = tuple(
 task_routes = {
     INGEST_TASK: {"queue": INGEST_QUEUE},
     AVERAGES_TASK: {"queue": METRICS_QUEUE},
+    ARCHIVE_TASK: {"queue": METRICS_QUEUE},
 }
 
 # Flower needs task events.
@@ -79,4 +81,13 @@ beat_schedule = {
         "options": {"expires": w * 5 // 6, "queue": METRICS_QUEUE},
     }
     for w in WINDOWS_S
+}
+# The cold archive (workers.archive): each closed UTC day to BOOKFEED_ARCHIVE_URL, hourly; a no-op when unset. Runs
+# that overlap (a redelivery past the visibility timeout, `bookfeed archive` at the same time) are serialised by a
+# PostgreSQL advisory lock: the later one does nothing.
+beat_schedule["cold-archive"] = {
+    "task": ARCHIVE_TASK,
+    "schedule": 3600.0,
+    "kwargs": {},
+    "options": {"expires": 3000, "queue": METRICS_QUEUE},
 }

@@ -157,6 +157,15 @@ class CelerySender:
         if not seq:
             logger.debug("batch %s was in the outbox already (an earlier try went through)", batch_id)
 
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> CelerySender:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def memory(self) -> tuple[int, int]:
         """(used_memory, maxmemory) of the Redis the tasks go to, over the sender's own client. Raises what the
         broker raises."""

@@ -19,6 +19,7 @@ import redis
 from feed.batcher import Batcher
 from feed.broker import make_celery_sender
 from feed.ids import peek
+from feed.metrics import FeedMetrics
 from feed.outage import PendingBatch
 from feed.publisher import Publisher
 from feed.stream import StreamClient
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 STATS_PREFIX = "bookfeed:feed:stats:"
 LAST_SEEN_KEY = "bookfeed:feed:last_seen"  # stream -> ns of its last frame, for the next feed process
 _MAX_STATS_STREAMS = 2_048  # per-stream counts copied into the stats snapshot (about 1,500 symbols trade)
+_ROUTINE_GAPS = frozenset({"feed started", "feed stopped"})  # logged at DEBUG; feed_gaps has them all
 _LIST_RETRY_BASE_S, _LIST_RETRY_CAP_S = 5.0, 300.0  # backoff while the symbol list cannot be read
 
 
@@ -49,25 +51,35 @@ def run_feed(
     feed_id = uuid.uuid4().hex[:12]
     redis_url, key_prefix = settings.require_redis_url(), settings.broker_key_prefix
     sender = make_celery_sender(redis_url, key_prefix=key_prefix)
+    metrics = FeedMetrics() if settings.metrics_port else None  # port 0: no /metrics
+    send_to = metrics.timed(send or sender) if metrics else send or sender
     # The high-water check asks the sender's Redis even when a test injects `send`: same URL, same options.
-    publisher = Publisher.from_settings(settings, send or sender, feed_id=feed_id, broker_memory=sender.memory)
+    publisher = Publisher.from_settings(settings, send_to, feed_id=feed_id, broker_memory=sender.memory)
     batcher = Batcher.from_settings(settings, emit=publisher.enqueue, clock_ns=time.monotonic_ns)
     gaps = 0
     # Live stats and last-seen times (best effort; the publisher has its own connection for the batches).
     # Closed on the way out: run_feed may be called inside a longer-lived process (tests do).
-    with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as state:
+    with sender, redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as state:
         last_seen_key = key_prefix + LAST_SEEN_KEY
+
+        # Every connection's reader thread calls these: the counter and the ledger file are shared.
+        shared_lock = threading.Lock()
 
         def on_gap(stream: str, start_ns: int, end_ns: int, reason: str) -> None:
             nonlocal gaps
-            gaps += 1
+            with shared_lock:
+                gaps += 1
             publisher.enqueue_gap((stream, start_ns, end_ns, reason))
-            logger.warning("gap of %.1fs on %s (%s)", (end_ns - start_ns) / 1e9, stream, reason)
+            # One per stream at every start and stop: with every symbol subscribed they would bury real warnings.
+            level = logging.DEBUG if reason in _ROUTINE_GAPS else logging.WARNING
+            logger.log(level, "gap of %.1fs on %s (%s)", (end_ns - start_ns) / 1e9, stream, reason)
 
         def on_frame(received_ns: int, raw: str) -> None:
             if ledger is not None:
                 stream, luid = peek(raw)
-                ledger.write(f"{received_ns}\t{stream or ''}\t{'' if luid is None else luid}\n")
+                line = f"{received_ns}\t{stream or ''}\t{'' if luid is None else luid}\n"
+                with shared_lock:  # a text file's writer is not thread-safe: lines went missing without this
+                    ledger.write(line)
             batcher.add((received_ns, raw))
 
         client = StreamClient.from_settings(
@@ -78,6 +90,10 @@ def run_feed(
             # Where the previous feed process left off: the time until our first frame is a gap.
             last_seen=_load_last_seen(state, last_seen_key),
         )
+        metrics_server = None
+        if metrics is not None:
+            metrics.watch(client, publisher, lambda: gaps)
+            metrics_server = metrics.serve(settings.metrics_port)
         # Audit (make chaos): one line per forwarded frame (received_ns, stream, lastUpdateId).
         ledger = open(settings.ledger_path, "a", buffering=1 << 16) if settings.ledger_path else None  # noqa: SIM115
         if install_signals:
@@ -149,6 +165,8 @@ def run_feed(
             pub_thread.join()
             if ledger is not None:
                 ledger.close()
+            if metrics_server is not None:
+                metrics_server.close()
             final = snapshot()
             save_state(final, 60, _final_last_seen(client.streams, client.stopped, publisher.unpublished_since))
             logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})

@@ -47,9 +47,11 @@ __all__ = [
 # The processes that read settings. `up` is the local all-in-one stack (`bookfeed up`), which hands its environment
 # to every process it starts; a setting only it reads is listed under it alone.
 FEED, WORKER, BEAT, FLOWER, MIGRATE, UP = "feed", "worker", "beat", "flower", "migrate", "up"
-PROCESSES = frozenset({FEED, WORKER, BEAT, FLOWER, MIGRATE, UP})
+API = "api"  # `bookfeed api`, the HTTP/websocket API (api/)
+ARCHIVE = "archive"  # `bookfeed archive`: the cold archive and retention, as the tables' owner
+PROCESSES = frozenset({FEED, WORKER, BEAT, FLOWER, MIGRATE, UP, API, ARCHIVE})
 _CELERY = (WORKER, BEAT, FLOWER)  # every `celery -A workers ...` process loads celeryconfig
-_ALL = (FEED, WORKER, BEAT, FLOWER, MIGRATE)
+_ALL = (FEED, WORKER, BEAT, FLOWER, MIGRATE, API, ARCHIVE)
 
 
 def _setting(default: Any, *, used_by: tuple[str, ...], **constraints: Any) -> Any:
@@ -77,7 +79,7 @@ def _has_host(url: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ReconnectPolicy:
-    """When the feed's websocket gives up on a connection, and how it tries again (see feed.stream.StreamClient).
+    """When the feed's websocket gives up on a connection, and how it tries again (see feed.connection.Connection).
     Built from Settings by `Settings.reconnect_policy`; the backoff is not configurable."""
 
     silence_timeout_s: float  # no complete message this long: reconnect
@@ -105,8 +107,10 @@ class Settings(BaseSettings):
     )
 
     # Unset means "start the embedded server" for `bookfeed up`; workers and the feed require them.
-    database_url: str | None = _setting(None, used_by=(WORKER, BEAT, MIGRATE), validation_alias="DATABASE_URL")
-    redis_url: str | None = _setting(None, used_by=(FEED, *_CELERY), validation_alias="REDIS_URL")
+    database_url: str | None = _setting(
+        None, used_by=(WORKER, BEAT, MIGRATE, API, ARCHIVE), validation_alias="DATABASE_URL"
+    )
+    redis_url: str | None = _setting(None, used_by=(FEED, *_CELERY, API), validation_alias="REDIS_URL")
 
     # The feed: what to subscribe to (symbols upper case, as everywhere; see models.vocabulary).
     url: str = _setting(LIVE_URL, used_by=(FEED,))
@@ -152,16 +156,39 @@ class Settings(BaseSettings):
     # Deliveries of one batch (counted in Redis, so a batch that kills its worker is counted too) before it is
     # stored frame by frame; two deliveries more and its frames are recorded as rejected without parsing.
     ingest_max_deliveries: int = _setting(5, used_by=(WORKER,), ge=1)
-    # Beat logs a WARNING while the newest closed averages window is older than this (no worker on `metrics`?).
-    averages_stale_s: float = _setting(180.0, used_by=(BEAT,), gt=0)
+    # Beat logs a WARNING while the newest closed averages window is older than this (no worker on `metrics`?);
+    # `bookfeed status` reports degraded then.
+    averages_stale_s: float = _setting(180.0, used_by=(BEAT, WORKER, UP), gt=0)
     visibility_timeout_s: int = _setting(300, used_by=_CELERY, ge=10)
-    broker_key_prefix: str = _setting("", used_by=(FEED, *_CELERY), max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
+    broker_key_prefix: str = _setting("", used_by=(FEED, *_CELERY, API), max_length=64, pattern=r"^[A-Za-z0-9:_.-]*$")
 
     # Optional logins `bookfeed migrate` creates for least-privilege access (docker-compose sets them).
     worker_db_user: str = _setting("", used_by=(MIGRATE,), max_length=63)
     worker_db_password: SecretStr = _setting(SecretStr(""), used_by=(MIGRATE,))
     reader_db_user: str = _setting("", used_by=(MIGRATE,), max_length=63)
     reader_db_password: SecretStr = _setting(SecretStr(""), used_by=(MIGRATE,))
+
+    # `bookfeed api`: every request needs `Authorization: Bearer <token>` when set; the most items one response
+    # carries (`limit`), and the longest `end - start` one request may ask for.
+    api_token: SecretStr = _setting(SecretStr(""), used_by=(API,))
+    api_max_limit: int = _setting(1000, used_by=(API,), ge=1, le=100_000)
+    api_max_range_s: float = _setting(86_400.0, used_by=(API,), gt=0)
+
+    # Operations: where the feed and each worker node serve Prometheus /metrics (0: not served), and the thresholds
+    # of `bookfeed status` (stack/status.py), which the worker's compose healthcheck and `bookfeed up` run. A stream
+    # is stale when its newest stored book is older than max(status_stale_s, 10 update intervals).
+    metrics_port: int = _setting(9101, used_by=(FEED,), ge=0, le=65535)
+    worker_metrics_port: int = _setting(9102, used_by=(WORKER,), ge=0, le=65535)
+    status_stale_s: float = _setting(10.0, used_by=(WORKER, UP), gt=0)
+    status_queue_age_s: float = _setting(60.0, used_by=(WORKER, UP), gt=0)  # oldest waiting batch: degraded beyond
+    status_down_s: float = _setting(120.0, used_by=(WORKER, UP), gt=0)  # no book stored at all this long: down
+
+    # The cold archive (opt-in): a directory or a pyarrow filesystem URI (s3://bucket/prefix) where each closed UTC
+    # day is written to Parquet and verified (workers/archive.py); the API and `bookfeed export` read it for days
+    # retention dropped. Retention: `bookfeed archive` drops day partitions older than N days (only days the archive
+    # verified, when it is set).
+    archive_url: str | None = _setting(None, used_by=(WORKER, API, ARCHIVE))
+    retention_days: int | None = _setting(None, used_by=(ARCHIVE,), ge=1)
 
     data_dir: Path = _setting(Path(".bookfeed"), used_by=(UP,))
     log_format: Literal["auto", "json", "text"] = _setting("auto", used_by=_ALL)

@@ -2,7 +2,7 @@
 call one library function, and map PipelineError subclasses to exit codes. Only `main` prints.
 
 `feed` runs the production feed (feed.service), `migrate` the migrations (workers.schema), `simulate`/`record`/`replay`
-the simulator (simulator), `up` the local all-in-one stack (stack.up)."""
+the simulator (simulator), `up` the local all-in-one stack (stack.up), `status` the health check (stack.status)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from models.argtypes import fraction, positive, positive_int
@@ -109,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("migrate", help="apply the database migrations (needs DATABASE_URL)")
     mg.set_defaults(func=_cmd_migrate)
 
+    st = sub.add_parser(
+        "status",
+        help="check the pipeline (needs DATABASE_URL and REDIS_URL): exit 0 healthy, 1 degraded, 2 down",
+    )
+    st.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    st.set_defaults(func=_cmd_status)
+
+    ap = sub.add_parser("api", help="serve the HTTP/websocket API (needs DATABASE_URL; REDIS_URL for WS /v1/live)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ap.add_argument("--port", type=positive_int, default=8000, help="port to listen on (default 8000)")
+    ap.set_defaults(func=_cmd_api)
+
+    _data_out_commands(sub)
+
     register_commands(sub)
     return parser
 
@@ -177,6 +192,85 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             ensure_login(url, name=user, password=password.get_secret_value(), group=group)
             print(f"login {user} is a member of {group}")
     return 0
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    from api.main import run_api
+
+    s = _settings(args)
+    configure_logging(s.log_level, s.log_format)
+    s.require_database_url()
+    run_api(s, host=args.host, port=args.port)
+    return 0
+
+
+def _utc_time(text: str) -> Any:
+    from stack.dataout import utc_time  # pyarrow and SQLAlchemy load only for the commands that use them
+
+    return utc_time(text)
+
+
+def _data_out_commands(sub: Any) -> None:
+    ex = sub.add_parser("export", help="write books to Parquet or CSV, hot and archived alike (needs DATABASE_URL)")
+    ex.add_argument("--symbols", dest="export_symbols", required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
+    ex.add_argument("--start", type=_utc_time, required=True, help="RFC 3339 time or date (UTC), included")
+    ex.add_argument("--end", type=_utc_time, required=True, help="RFC 3339 time or date (UTC), excluded")
+    ex.add_argument("--format", choices=("parquet", "csv"), required=True)
+    ex.add_argument("--layout", choices=("native", "tardis"), default="native", help="tardis: book_snapshot_20 columns")
+    ex.add_argument("--out", type=Path, required=True, help="output file (CSV ending in .gz is gzipped)")
+    ex.set_defaults(func=_cmd_export)
+
+    ar = sub.add_parser(
+        "archive",
+        help="archive closed days to BOOKFEED_ARCHIVE_URL, then drop days older than BOOKFEED_RETENTION_DAYS "
+        "(needs DATABASE_URL of the tables' owner for retention)",
+    )
+    ar.add_argument("--every", type=positive, metavar="S", help="run again every S seconds (default: once)")
+    ar.set_defaults(func=_cmd_archive)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from stack.dataout import ExportOptions, run_export
+
+    s = _settings(args)
+    configure_logging(s.log_level, s.log_format)
+    symbols = tuple(x.strip() for x in args.export_symbols.split(",") if x.strip())
+    if not symbols:
+        raise ConfigError("--symbols needs at least one symbol")
+    opts = ExportOptions(symbols, args.start, args.end, args.format, args.layout, args.out)
+    for line in run_export(s, opts):
+        print(line)
+    return 0
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from stack.dataout import run_archive
+
+    s = _settings(args)
+    configure_logging(s.log_level, s.log_format)
+    run_archive(s, every_s=args.every, emit=print)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    import redis
+    from sqlalchemy import create_engine
+
+    from stack.status import check_status, format_status
+
+    s = _settings(args)
+    configure_logging("ERROR" if args.log_level is None else s.log_level, s.log_format)
+    engine = create_engine(s.require_database_url(), pool_size=1, connect_args={"connect_timeout": 5})
+    broker = redis.Redis.from_url(s.require_redis_url(), socket_timeout=5, socket_connect_timeout=5)
+    try:
+        status = check_status(s, engine=engine, broker=broker)
+    finally:
+        broker.close()
+        engine.dispose()
+    print(json.dumps(status.as_dict()) if args.json else format_status(status))
+    return status.code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,6 +94,9 @@ def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, st
             "REDIS_URL": redis_url,
             "BOOKFEED_LOG_FORMAT": "text",
             "BOOKFEED_BROKER_KEY_PREFIX": BROKER_PREFIX,
+            # No /metrics unless a test asks for it: the default ports may be taken by another process.
+            "BOOKFEED_METRICS_PORT": "0",
+            "BOOKFEED_WORKER_METRICS_PORT": "0",
             **extra,
         }
     )

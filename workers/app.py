@@ -13,7 +13,8 @@ from sqlalchemy import Engine
 
 from models.logconfig import configure_logging
 from models.settings import get_settings
-from workers import outbox
+from workers import live, outbox
+from workers import metrics as _metrics  # noqa: F401 (imported for its signals: the node's /metrics)
 from workers.beat import start_averages_watch, start_outbox_reaper
 from workers.db import make_engine
 
@@ -43,6 +44,13 @@ def _reset_engine(**_: Any) -> None:
     # A pool inherited across fork would share sockets with the parent: start clean in every child.
     global _engine
     _engine = None
+
+
+@worker_process_init.connect
+def _start_live_push(**_: Any) -> None:
+    # Each pool process pushes the books it commits to the API's WS /v1/live (workers.live), over the broker's Redis.
+    s = get_settings()
+    live.install(live.LivePublisher.from_url(str(app.conf.broker_url), key_prefix=s.broker_key_prefix))
 
 
 @worker_process_shutdown.connect

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from models.errors import DuplicateRowError, PartitionRefusedError, StorageError, TransientStorageError
-from workers import storage
+from workers import live, storage
 from workers.envelope import ParsedBatch, excerpt, parse_batch, refused_rows
 from workers.storage import Rejected
 
@@ -125,6 +125,7 @@ def _store(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | None:
                 storage.insert_books_skipping_duplicates(conn, rows)
         storage.insert_rejected(conn, batch.rejected, exchange=batch.exchange, batch_id=batch.batch_id)
         storage.insert_gaps(conn, batch.gaps, exchange=batch.exchange, batch_id=batch.batch_id)
+    live.publish_stored(batch.exchange, batch.books)  # committed: WS /v1/live pushes only stored books
     return len(batch.books), len(batch.rejected)
 
 
@@ -132,6 +133,7 @@ def _store_one_by_one(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | N
     """The poison-batch path: each book in its own savepoint; a book PostgreSQL refuses is rejected with the
     database's reason. Only connection errors escape (as TransientStorageError)."""
     kept = 0
+    stored = []
     rejected = list(batch.rejected)
     lo, hi = _bounds(batch)
     with storage.translate_errors(), engine.begin() as conn:
@@ -142,6 +144,7 @@ def _store_one_by_one(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | N
                 with storage.translate_errors(), conn.begin_nested():
                     storage.insert_books_skipping_duplicates(conn, storage.to_rows([item], exchange=batch.exchange))
                 kept += 1
+                stored.append(item)
             except TransientStorageError:
                 raise
             except StorageError as exc:
@@ -149,6 +152,7 @@ def _store_one_by_one(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | N
         storage.insert_rejected(conn, rejected, exchange=batch.exchange, batch_id=batch.batch_id)
         storage.insert_gaps(conn, batch.gaps, exchange=batch.exchange, batch_id=batch.batch_id)
         storage.set_batch_counts(conn, batch_id=batch.batch_id, n_books=kept, n_rejected=len(rejected))
+    live.publish_stored(batch.exchange, stored)
     return kept, len(rejected)
 
 

@@ -12,11 +12,13 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, Retry
 
+from models.coldstore import ARCHIVE_TASK
 from models.errors import TransientStorageError
 from models.settings import get_settings
 from models.vocabulary import AVERAGES_TASK, INGEST_TASK
 from workers import averages
 from workers.app import app, get_engine
+from workers.archive import archive_closed_days
 from workers.deliveries import DeliveryCounter, Limits, RetryLater, Tries, deliver
 from workers.envelope import batch_key
 from workers.outbox import Outbox, Ref, reference
@@ -132,4 +134,16 @@ def compute_averages(window_s: int, now_s: float | None = None, grace_s: float |
         lookback_s=s.averages_lookback_s,
     )
     logger.info("averages computed", extra=result.as_dict())
+    return result.as_dict()
+
+
+@app.task(name=ARCHIVE_TASK)
+def archive_days() -> dict[str, list[str]]:
+    """Archive every closed UTC day not yet verified to BOOKFEED_ARCHIVE_URL (nothing when unset): workers.archive.
+    A day that fails verification is retried by the next hourly run."""
+    url = get_settings().archive_url
+    if not url:
+        return {"archived": [], "skipped": [], "failed": []}
+    result = archive_closed_days(get_engine(), url)
+    logger.info("archive run", extra={"n_days": len(result.archived), "failed": len(result.failed)})
     return result.as_dict()

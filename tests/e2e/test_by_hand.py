@@ -47,7 +47,7 @@ def test_parts_started_by_hand_fill_price_averages(
     with SimulatorThread(SimConfig(symbols=("BTCUSDT",), seed=3, rate=20.0)) as sim:
         try:
             feed = [str(BIN / "bookfeed"), "feed", "--url", sim.url(["btcusdt@depth20"])]
-            procs.append(start_process(feed, env, tmp_path / "feed.log", ready=b"connected to", what="feed"))
+            procs.append(start_process(feed, env, tmp_path / "feed.log", ready=b"): live", what="feed"))
             worker = [str(BIN / "celery"), "-A", "workers", "worker", "--concurrency", "1"]
             worker += ["--without-gossip", "--without-mingle", "-n", f"hand-{uuid.uuid4().hex[:6]}@%h"]
             procs.append(start_process(worker, env, tmp_path / "worker.log", ready=b"ready.", what="worker"))

@@ -30,8 +30,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 FEEDS = ("feed-0", "feed-1")  # the feed shards
-OUR_SERVICES = {"migrate", "worker", "beat", *FEEDS, "flower", "simulator"}
-SERVICES = OUR_SERVICES | {"redis", "postgres"}
+OUR_SERVICES = {"migrate", "worker", "beat", *FEEDS, "flower", "simulator", "api", "archive"}
+MONITORING = {"prometheus", "grafana", "node-exporter"}  # the `monitoring` profile
+SERVICES = OUR_SERVICES | {"redis", "postgres"} | MONITORING
+PROFILES = {"simulator": ["sim"], "archive": ["archive"], **{name: ["monitoring"] for name in MONITORING}}
 HEALTHY = "service_healthy"
 COMPLETED = "service_completed_successfully"
 
@@ -123,9 +125,15 @@ def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
     assert "replicas" not in worker.get("deploy", {})
 
 
-def test_only_flower_is_published_and_only_on_localhost(services: dict[str, dict[str, Any]]) -> None:
+def test_only_flower_the_api_and_grafana_are_published_and_only_on_localhost(
+    services: dict[str, dict[str, Any]],
+) -> None:
     published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
-    assert published == {"flower": ["127.0.0.1:5555:5555"]}
+    assert published == {
+        "flower": ["127.0.0.1:5555:5555"],
+        "api": ["127.0.0.1:8000:8000"],
+        "grafana": ["127.0.0.1:${GRAFANA_PORT:-3000}:3000"],
+    }
 
 
 def test_depends_on_conditions(services: dict[str, dict[str, Any]]) -> None:
@@ -136,6 +144,8 @@ def test_depends_on_conditions(services: dict[str, dict[str, Any]]) -> None:
         "beat": broker_and_schema,
         **dict.fromkeys(FEEDS, broker_and_schema),
         "flower": {"redis": HEALTHY},
+        "api": broker_and_schema,
+        "archive": {"migrate": COMPLETED},
     }
     actual = {
         name: {dep: spec["condition"] for dep, spec in svc["depends_on"].items()}
@@ -178,7 +188,7 @@ def test_redis_requires_a_password_and_every_client_sends_it(services: dict[str,
     health = " ".join(redis["healthcheck"]["test"])
     assert "REDISCLI_AUTH=" in health and "$${REDIS_PASSWORD}" in health  # $$: read in the container, not by compose
     clients = {name for name, svc in services.items() if "REDIS_URL" in (svc.get("environment") or {})}
-    assert clients == {"worker", "beat", *FEEDS, "flower"}
+    assert clients == {"worker", "beat", *FEEDS, "flower", "api"}
     for name in clients:
         url = services[name]["environment"]["REDIS_URL"]
         assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/\d+", url), f"{name}: {url}"
@@ -216,9 +226,9 @@ def test_feed_shards_split_the_symbols_with_the_same_settings(services: dict[str
     assert all(in_shard(Settings.model_fields["symbols"].default, shard) for shard in shards)
 
 
-def test_simulator_is_only_in_the_sim_profile(services: dict[str, dict[str, Any]]) -> None:
-    assert services["simulator"]["profiles"] == ["sim"]
-    assert all("profiles" not in svc for name, svc in services.items() if name != "simulator")
+def test_optional_services_are_in_their_profiles(services: dict[str, dict[str, Any]]) -> None:
+    # `docker compose up` runs the pipeline; the simulator, the archive and monitoring are opt-in profiles.
+    assert {name: svc["profiles"] for name, svc in services.items() if "profiles" in svc} == PROFILES
 
 
 # --- compose: configuration and secrets ----------------------------------------------------------------------------
@@ -240,7 +250,10 @@ def test_database_password_reaches_only_the_services_that_use_the_database(
     services: dict[str, dict[str, Any]],
 ) -> None:
     with_db = {name for name, svc in services.items() if "DATABASE_URL" in svc.get("environment", {})}
-    assert with_db == {"migrate", "worker", "beat"}
+    assert with_db == {"migrate", "worker", "beat", "api", "archive"}
+    # The API reads as the analysts' login (the views only); retention drops partitions, so the archive is the owner.
+    assert services["api"]["environment"]["DATABASE_URL"].startswith("postgresql://bookfeed_analyst:")
+    assert services["archive"]["environment"]["DATABASE_URL"] == services["migrate"]["environment"]["DATABASE_URL"]
     # Beat only reads (its averages staleness warning): the workers' least-privilege login, not the owner.
     assert services["beat"]["environment"]["DATABASE_URL"] == services["worker"]["environment"]["DATABASE_URL"]
 
@@ -308,7 +321,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
 def test_bookfeed_subcommands_exist(services: dict[str, dict[str, Any]]) -> None:
     parser = _build_parser()
     commands = _commands(services, "bookfeed")
-    assert set(commands) == {"migrate", *FEEDS, "simulator"}
+    assert set(commands) == {"migrate", *FEEDS, "simulator", "api", "archive"}
     assert {argv[1] for argv in commands.values()} <= _subcommands(parser)
     for name, argv in commands.items():
         try:
@@ -377,7 +390,8 @@ def test_celeryconfig_requires_redis_url_in_one_line(tmp_path: Path) -> None:
 def test_beat_runs_one_averages_task_per_window(celeryconfig: ModuleType) -> None:
     from models.vocabulary import AVERAGES_TASK, METRICS_QUEUE, WINDOWS_S
 
-    entries = sorted(celeryconfig.beat_schedule.values(), key=lambda e: e["schedule"])
+    entries = [e for e in celeryconfig.beat_schedule.values() if e["task"] == AVERAGES_TASK]
+    entries.sort(key=lambda e: e["schedule"])
     assert [(e["task"], e["schedule"], e["kwargs"], e["options"]["queue"]) for e in entries] == [
         (AVERAGES_TASK, float(w), {"window_s": w}, METRICS_QUEUE) for w in WINDOWS_S
     ]

@@ -29,6 +29,8 @@ SERVICE_PROCESS = {
     "beat": "beat",
     "flower": "flower",
     "migrate": "migrate",
+    "api": "api",
+    "archive": "archive",
 }
 
 FIELDS = sorted(Settings.model_fields)

@@ -105,8 +105,9 @@ def test_last_seen_left_for_the_next_feed_is_the_stop_time_or_the_earliest_unpub
     assert _final_last_seen(("a", "b", "c"), stopped, unpublished) == {"a": 100, "b": 40}
 
 
-def test_run_feed_closes_its_state_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The live-stats client is closed when run_feed returns (nothing listens on port 1: every call fails fast)."""
+def test_run_feed_closes_its_redis_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender's and the live-stats clients are closed when run_feed returns (nothing listens on port 1: every
+    call fails fast)."""
     made: list[redis.Redis] = []
     closed: list[redis.Redis] = []
     from_url, close = redis.Redis.from_url, redis.Redis.close
@@ -124,4 +125,4 @@ def test_run_feed_closes_its_state_client(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(redis.Redis, "close", recording_close)
     settings = CUSTOM.model_copy(update={"url": "ws://127.0.0.1:1", "redis_url": "redis://127.0.0.1:1/0"})
     run_feed(settings, duration_s=0.2, send=lambda p: None, install_signals=False)
-    assert len(made) == 1 and closed == made
+    assert len(made) == 2 and sorted(map(id, closed)) == sorted(map(id, made))

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
 
 from models.book import BookSnapshot
+from models.encoding import encode_levels
 from models.errors import DuplicateRowError, PartitionRefusedError, StorageError, TransientStorageError
 from models.metrics import BookMetrics
 from models.tables import book_snapshots
@@ -111,15 +112,12 @@ def _opt(v: object) -> str:
     return "\\N" if v is None else str(v)
 
 
-def _dec(v: object) -> str:
-    return "\\N" if v is None else format(v, "f")
-
-
 def to_rows(items: Sequence[tuple[BookSnapshot, BookMetrics]], *, exchange: str) -> str:
     """COPY text-format lines for book_snapshots, in its column order.
 
-    The text columns (exchange, symbol) go through `copy_text`, whatever their origin. Numbers are written as they
-    are: `models.book.parse_frame` admits only digits and one point in a price or quantity.
+    Levels go in the compact encoding of `models.encoding.encode_levels` (digits, commas and at most one point per
+    value: nothing COPY would read specially, as `models.book.parse_frame` admits only digits and one point in a
+    price or quantity). The text columns (exchange, symbol) go through `copy_text`, whatever their origin.
     """
     out = []
     exchange = copy_text(exchange)
@@ -128,25 +126,24 @@ def to_rows(items: Sequence[tuple[BookSnapshot, BookMetrics]], *, exchange: str)
         symbol = symbols.get(b.symbol)
         if symbol is None:
             symbol = symbols[b.symbol] = copy_text(b.symbol)
+        levels = encode_levels(b.bid_prices, b.bid_quantities, b.ask_prices, b.ask_quantities)
         out.append(
             "\t".join(
                 (
                     ns_to_timestamp(b.received_ns),
-                    exchange,
-                    symbol,
-                    str(b.depth),
                     str(b.last_update_id),
-                    "{" + ",".join(b.bid_prices) + "}",
-                    "{" + ",".join(b.bid_quantities) + "}",
-                    "{" + ",".join(b.ask_prices) + "}",
-                    "{" + ",".join(b.ask_quantities) + "}",
-                    b.bid_prices[0] if b.bid_prices else "\\N",
-                    b.ask_prices[0] if b.ask_prices else "\\N",
-                    _dec(m.spread),
                     _opt(m.bid_vwap),
                     _opt(m.ask_vwap),
                     _opt(m.price),
+                    str(b.depth),
+                    _opt(levels.scale),
                     "t" if m.crossed else "f",
+                    exchange,
+                    symbol,
+                    levels.bid_prices,
+                    levels.bid_quantities,
+                    levels.ask_prices,
+                    levels.ask_quantities,
                 )
             )
         )

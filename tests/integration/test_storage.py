@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import io
 import json
+import random
+import time
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from sqlalchemy import Engine, text
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, Row, text
 
-from models.book import parse_frame
+from models.book import BookSnapshot, parse_frame
 from models.errors import DuplicateRowError
 from models.messages import make_batch
 from models.metrics import book_metrics
 from models.tables import book_snapshots
 from tests.factories import make_book
 from tests.integration._frames import diff_depth_frame, fixture_frames, frame, simple_book
+from tests.unit.models.test_encoding import PLAIN, uniform_books
 from tests.unit.workers.test_storage_rows import ANY_TEXT
 from workers.ingest import ingest_batch
 from workers.storage import clean_text, copy_books, ensure_partitions, to_rows
@@ -159,10 +166,31 @@ def test_partitions_are_created_per_utc_day(clean_db: Engine) -> None:
     assert parts == 3
 
 
-def test_bytes_per_snapshot_is_reported(clean_db: Engine) -> None:
-    frames = [(T0 + i * 1_000_000, simple_book(30000 + i, luid=i, levels=20)) for i in range(2000)]
-    ingest_batch(clean_db, make_batch(batch_id="size", frames=frames))
+def _bench_shaped_frames(n: int) -> list[str]:
+    """Depth20 books shaped as bench/_common.py's (from ../shared/limits/gen.py): ticks of 0.01 and 0.1 and
+    quantities with all 8 decimals significant, the least compressible real-shaped book."""
+    rnd = random.Random(1)
+    syms = [("btcusdt", 37000.0, 0.01), ("ethusdt", 2000.0, 0.01), ("bnbusdt", 300.0, 0.1)]
+    out = []
+    for i in range(n):
+        sym, mid, tick = syms[i % 3]
+        bids, asks, pb, pa = [], [], 0, 0
+        for _ in range(20):
+            pb += 1 + rnd.randint(0, 3)
+            pa += 1 + rnd.randint(0, 3)
+            bids.append((f"{mid - tick * pb:.8f}", f"{max(rnd.lognormvariate(-2, 1.5), 1e-8):.8f}"))
+            asks.append((f"{mid + tick * pa:.8f}", f"{max(rnd.lognormvariate(-2, 1.5), 1e-8):.8f}"))
+        out.append(frame(sym, luid=i, bids=bids, asks=asks))
+    return out
+
+
+def test_a_depth20_snapshot_takes_at_most_700_bytes(clean_db: Engine) -> None:
+    # Every table, index and TOAST of the partition, over rows as the feed sends them (15,000 a second).
+    frames = [(T0 + i * 66_000, f) for i, f in enumerate(_bench_shaped_frames(5000))]
+    for k in range(0, len(frames), 500):
+        ingest_batch(clean_db, make_batch(batch_id=f"size{k}", frames=frames[k : k + 500]))
     with clean_db.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM book_snapshots"))
         size = conn.execute(
             text(
                 "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
@@ -170,8 +198,122 @@ def test_bytes_per_snapshot_is_reported(clean_db: Engine) -> None:
             )
         ).scalar_one()
     per_row = int(size) / len(frames)
-    # A depth20 book is ~1.5 KB of JSON; stored with metrics and indexes it must stay in the same ballpark.
-    assert 500 < per_row < 3000, per_row
+    assert per_row <= 700, per_row  # 1,459 with numeric[] levels and stored best bid, best ask and spread
+
+
+@pytest.fixture(scope="module")
+def partition(engine: Engine) -> date:
+    day = date(2026, 9, 21)
+    with engine.begin() as conn:
+        ensure_partitions(conn, [day])
+    return day
+
+
+def _through_the_views(engine: Engine, books: list[BookSnapshot]) -> list[Row[Any]]:
+    """COPY `books` as the worker does and read them back through order_books and book_metrics (rolled back).
+    Their symbol is their own: other tests of the session leave rows behind."""
+    books = [replace(b, symbol="ROUNDTRIP", received_ns=T0) for b in books]
+    with engine.connect() as conn:
+        copy_books(conn, to_rows([(b, book_metrics(b)) for b in books], exchange="binance"))
+        rows = conn.execute(
+            text(
+                "SELECT o.bid_prices::text[] AS bp, o.bid_quantities::text[] AS bq, o.ask_prices::text[] AS ap, "
+                "o.ask_quantities::text[] AS aq, m.best_bid::text, m.best_ask::text, m.spread::text, m.crossed "
+                "FROM order_books o JOIN book_metrics m USING (exchange, symbol, received_at, last_update_id, depth) "
+                "WHERE symbol = 'ROUNDTRIP' ORDER BY last_update_id"
+            )
+        ).all()
+        conn.rollback()
+    return list(rows)
+
+
+def _text(v: Decimal | None) -> str | None:
+    return None if v is None else format(v, "f")
+
+
+def _assert_exact(book: BookSnapshot, row: Row[Any]) -> None:
+    assert (row.bp, row.bq, row.ap, row.aq) == (
+        list(book.bid_prices),
+        list(book.bid_quantities),
+        list(book.ask_prices),
+        list(book.ask_quantities),
+    )
+    m = book_metrics(book)
+    assert (row.best_bid, row.best_ask, row.spread, row.crossed) == (
+        _text(m.best_bid),
+        _text(m.best_ask),
+        _text(m.spread),
+        m.crossed,
+    )
+
+
+# Levels of any order and scales; quantities positive, as the metrics divide by their sum.
+MIXED_SIDE = st.lists(st.tuples(PLAIN, PLAIN.filter(lambda v: v.strip("0.") != "")), max_size=20)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(uniform_books(zero_quantities=False), min_size=1, max_size=5), MIXED_SIDE, MIXED_SIDE)
+def test_any_book_comes_back_exactly_through_the_views(
+    engine: Engine,
+    partition: date,
+    uniform: list[tuple[int, tuple[list[str], list[str], list[str], list[str]]]],
+    mixed_bids: list[tuple[str, str]],
+    mixed_asks: list[tuple[str, str]],
+) -> None:
+    """Whatever decimals a book holds (one scale or several, trailing zeros, zeros, 40 digits, sides of any depth,
+    an empty side), order_books returns each value as sent with its scale, and book_metrics the exact best prices
+    and spread."""
+    books = [
+        make_book(bids=list(zip(bp, bq, strict=True)), asks=list(zip(ap, aq, strict=True)), last_update_id=i)
+        for i, (_, (bp, bq, ap, aq)) in enumerate(uniform)
+    ]
+    books.append(make_book(bids=mixed_bids, asks=mixed_asks, last_update_id=len(books)))
+    rows = _through_the_views(engine, books)
+    assert len(rows) == len(books)
+    for book, row in zip(books, rows, strict=True):
+        _assert_exact(book, row)
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask", "spread"),
+    [
+        ("40000.00000000", "40000.00000010", "0.00000010"),
+        ("1.00000000000000000001", "1.00000000000000000002", "0.00000000000000000001"),
+        ("0.07143000", "0.07144000", "0.00001000"),
+        ("100.00000000", "100.00000000", "0.00000000"),
+        ("100.00000000", "99.50000000", "-0.50000000"),
+        ("1", "100000000000000000000", "99999999999999999999"),
+        ("1.5", "2.25", "0.75"),  # scales differ: the spread has the larger one
+    ],
+)
+def test_spread_is_exact_with_its_scale(engine: Engine, partition: date, bid: str, ask: str, spread: str) -> None:
+    (row,) = _through_the_views(engine, [make_book(bids=[(bid, "1")], asks=[(ask, "1")])])
+    assert (row.best_bid, row.best_ask, row.spread) == (bid, ask, spread)
+    assert row.crossed is (Decimal(ask) <= Decimal(bid))
+
+
+def _readme_queries() -> list[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## The SQL interface", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    return [q.strip() for q in block.split(";") if q.strip()]
+
+
+def test_every_readme_query_runs_and_reads_exact_books(clean_db: Engine) -> None:
+    now_ns = time.time_ns()
+    frames = [(now_ns - 1_000_000_000 + i * 1000, f) for i, f in enumerate(fixture_frames())]
+    ingest_batch(clean_db, make_batch(batch_id="readme", frames=frames))
+    queries = _readme_queries()
+    assert len(queries) >= 7
+    with clean_db.connect() as conn:
+        results = [conn.execute(text(q)).all() for q in queries]
+    latest = {r.symbol: r for r in results[0]}
+    assert {"BTCUSDT", "ETHUSDT", "FLMUSDT"} <= latest.keys()
+    assert (str(latest["FLMUSDT"].bid), str(latest["FLMUSDT"].ask)) == ("0.48560000", "0.48630000")
+    # "the full book at one instant": the newest ETHUSDT book, level by level, values with their scale.
+    newest = parse_frame([f for _, f in frames if '"ethusdt@' in f][-1], received_ns=0)
+    n = len(newest.bid_prices)
+    assert [str(r.bid_price) for r in results[3][:n]] == list(newest.bid_prices)
+    assert [str(r.ask_qty) for r in results[3][:n]] == list(newest.ask_quantities)
 
 
 @settings(max_examples=150, deadline=None)

@@ -1,17 +1,18 @@
-"""workers.storage pure parts: COPY text rows in models.tables column order, and ns -> timestamptz text."""
+"""workers.storage pure parts: COPY text rows in models.tables column order (levels in models.encoding's form), and
+ns -> timestamptz text."""
 
 from __future__ import annotations
 
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.book import BookSnapshot, parse_frame
+from models.encoding import decode_column
 from models.metrics import book_metrics
 from models.tables import book_snapshots
 from tests.factories import RECEIVED_NS, depth_samples, make_book
@@ -37,21 +38,19 @@ def test_columns_are_the_table_columns() -> None:
     # If a column is added to or moved in models.tables, this list (and to_rows) must follow.
     assert COLUMNS == [
         "received_at",
+        "last_update_id",
+        "bid_vwap",
+        "ask_vwap",
+        "price",
+        "depth",
+        "scale",
+        "crossed",
         "exchange",
         "symbol",
-        "depth",
-        "last_update_id",
         "bid_prices",
         "bid_quantities",
         "ask_prices",
         "ask_quantities",
-        "best_bid",
-        "best_ask",
-        "spread",
-        "bid_vwap",
-        "ask_vwap",
-        "price",
-        "crossed",
     ]
 
 
@@ -61,21 +60,20 @@ def test_fixture_frame_row() -> None:
     row = row_of(book)
     assert row == {
         "received_at": "2023-11-14 22:13:20.123456+00",
-        "exchange": "binance",
-        "symbol": "BTCUSDT",
-        "depth": "5",
         "last_update_id": "11719214114",
-        "bid_prices": "{40069.98000000,40067.04000000,40067.03000000,40066.08000000,40066.07000000}",
-        "bid_quantities": "{0.00002300,0.06000000,0.03743200,0.13019700,0.24799400}",
-        "ask_prices": "{40069.99000000,40072.90000000,40073.10000000,40073.11000000,40073.29000000}",
-        "ask_quantities": "{1.32492400,0.00099900,0.20501400,0.31000000,0.06158400}",
-        "best_bid": "40069.98000000",
-        "best_ask": "40069.99000000",
-        "spread": "0.01000000",
         "bid_vwap": repr(m.bid_vwap),
         "ask_vwap": repr(m.ask_vwap),
         "price": repr(m.price),
+        "depth": "5",
+        "scale": "8",
         "crossed": "f",
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        # models.encoding: 40069.98000000, 40067.04000000, ... and 0.00002300, 0.06000000, ...
+        "bid_prices": "6,4006998,294,295,390,391",
+        "bid_quantities": "2,23,60000,37432,130197,247994",
+        "ask_prices": "6,4006999,291,311,312,330",
+        "ask_quantities": "2,1324924,999,205014,310000,61584",
     }
 
 
@@ -84,18 +82,20 @@ def test_rows_keep_levels_exactly_and_floats_round_trip(raw: str) -> None:
     book = parse_frame(raw, received_ns=RECEIVED_NS)
     m = book_metrics(book)
     row = row_of(book)
-    assert row["bid_prices"] == "{" + ",".join(book.bid_prices) + "}"
-    assert row["ask_quantities"] == "{" + ",".join(book.ask_quantities) + "}"
-    assert Decimal(row["spread"]) == m.spread
+    scale = int(row["scale"])
+    assert decode_column(row["bid_prices"], scale=scale, price_direction=-1) == list(book.bid_prices)
+    assert decode_column(row["bid_quantities"], scale=scale, price_direction=0) == list(book.bid_quantities)
+    assert decode_column(row["ask_prices"], scale=scale, price_direction=1) == list(book.ask_prices)
+    assert decode_column(row["ask_quantities"], scale=scale, price_direction=0) == list(book.ask_quantities)
     assert (float(row["bid_vwap"]), float(row["ask_vwap"]), float(row["price"])) == (m.bid_vwap, m.ask_vwap, m.price)
 
 
 @pytest.mark.parametrize(
     ("bids", "asks", "nulls"),
     [
-        ([("100", "1"), ("99", "3")], [], {"best_ask", "spread", "ask_vwap", "price"}),
-        ([], [("101", "2")], {"best_bid", "spread", "bid_vwap", "price"}),
-        ([], [], {"best_bid", "best_ask", "spread", "bid_vwap", "ask_vwap", "price"}),
+        ([("100", "1"), ("99", "3")], [], {"ask_vwap", "price"}),
+        ([], [("101", "2")], {"bid_vwap", "price"}),
+        ([], [], {"bid_vwap", "ask_vwap", "price", "scale"}),
     ],
     ids=["bids-only", "asks-only", "empty"],
 )
@@ -104,28 +104,16 @@ def test_one_sided_book_has_nulls(bids: list[tuple[str, str]], asks: list[tuple[
     assert {name for name, value in row.items() if value == NULL} == nulls
     assert row["crossed"] == "f"
     if not bids:
-        assert row["bid_prices"] == row["bid_quantities"] == "{}"
+        assert row["bid_prices"] == row["bid_quantities"] == ""
     if not asks:
-        assert row["ask_prices"] == row["ask_quantities"] == "{}"
+        assert row["ask_prices"] == row["ask_quantities"] == ""
     if bids:
-        assert (row["best_bid"], row["bid_vwap"]) == ("100", "99.25")
+        assert (row["bid_prices"], row["bid_quantities"], row["bid_vwap"]) == ("0,100,1", "0,1,3", "99.25")
 
 
-@pytest.mark.parametrize(
-    ("bid", "ask", "spread"),
-    [
-        ("40000.00000000", "40000.00000010", "0.00000010"),  # Decimal 1.0E-7: no exponent in COPY text
-        ("1.00000000000000000001", "1.00000000000000000002", "0.00000000000000000001"),
-        ("0.07143000", "0.07144000", "0.00001000"),
-        ("100.00000000", "100.00000000", "0.00000000"),
-        ("100.00000000", "99.50000000", "-0.50000000"),
-        ("1", "100000000000000000000", "99999999999999999999"),
-    ],
-)
-def test_spread_is_written_without_exponent(bid: str, ask: str, spread: str) -> None:
-    row = row_of(make_book(bids=[(bid, "1")], asks=[(ask, "1")]))
-    assert row["spread"] == spread
-    assert row["crossed"] == ("t" if Decimal(ask) <= Decimal(bid) else "f")
+def test_mixed_scales_are_written_as_sent() -> None:
+    row = row_of(make_book(bids=[("100.5", "1"), ("99", "3.25")], asks=[]))
+    assert (row["scale"], row["bid_prices"], row["bid_quantities"]) == (NULL, "100.5,99", "1,3.25")
 
 
 def test_several_books_one_line_each() -> None:
@@ -133,7 +121,7 @@ def test_several_books_one_line_each() -> None:
     text = to_rows([(b, book_metrics(b)) for b in books], exchange="binance")
     lines = text.split("\n")
     assert lines[-1] == ""
-    assert [line.split("\t")[4] for line in lines[:-1]] == ["0", "1", "2"]
+    assert [line.split("\t")[1] for line in lines[:-1]] == ["0", "1", "2"]
     assert [line.split("\t")[0][-10:] for line in lines[:-1]] == [".123456+00", ".123457+00", ".123458+00"]
 
 
@@ -169,7 +157,7 @@ def copy_unescape(field: str) -> str | None:
 
 def test_hostile_exchange_cannot_add_columns_or_rows() -> None:
     # Before escaping, this exchange wrote its own symbol, depth, ... and a whole second row.
-    forged = "x\tETHUSDT\t20\t1\t{1}\t{1}\t{2}\t{1}\t1\t2\t1\t1\t1\t1\tf\n2023-11-14 00:00:00+00\tbinance"
+    forged = "x\tETHUSDT\t0,1\t0,1\t0,2\t0,1\n2023-11-14 00:00:00+00\t1\t1\t1\t1\t20\t0\tf\tbinance"
     row = row_of(make_book(), exchange=forged)
     assert copy_unescape(row["exchange"]) == forged
     assert row["symbol"] == "BTCUSDT"

@@ -1,0 +1,137 @@
+"""The compact, exact text encoding of a book's levels that book_snapshots stores, and its reference decoder.
+Pure: no I/O. The SQL decoder (bookfeed_levels, in the compact_book_levels migration) must agree with `decode_column`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+__all__ = ["EncodedLevels", "decode_column", "encode_levels"]
+
+
+# The format. Binance writes every value of a book with the same number of decimals (8), so a book is stored as
+# scaled integers: one `scale` per book, and per column (bid prices, bid quantities, ask prices, ask quantities)
+# the comma-separated integers "k,v1,v2,..." with value_i = v_i * 10^(k - scale), written with `scale` decimals.
+# k takes out the trailing zeros all values of the column share (a tick of 0.01 at 8 decimals: k = 6). Prices are
+# delta-coded: v1 is the best price and v_i (i > 1) the distance of level i from it, positive in the book's order
+# (below the best bid, above the best ask), so a tick-sized book needs one to three digits a level. A book whose
+# values do not all have one scale keeps its values as sent (comma-joined) with scale None; an empty side is "".
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedLevels:
+    """The four encoded columns of one book and their shared scale (None: the columns hold the values as sent)."""
+
+    scale: int | None
+    bid_prices: str
+    bid_quantities: str
+    ask_prices: str
+    ask_quantities: str
+
+
+# What the raw form may hold: plain decimals, one comma between two (models.book admits nothing else).
+_PLAIN = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:,[0-9]+(?:\.[0-9]+)?)*")
+
+
+@cache
+def _uniform(scale: int) -> re.Pattern[str]:
+    """Comma-joined plain decimals, each with exactly `scale` decimals (no point at all when 0)."""
+    whole = "(?:0|[1-9][0-9]*)"  # no leading zero: the integer read back is written the same way
+    one = rf"{whole}\.[0-9]{{{scale}}}" if scale else whole
+    return re.compile(rf"{one}(?:,{one})*")
+
+
+def _scale_of(value: str) -> int:
+    point = value.find(".")
+    return 0 if point < 0 else len(value) - point - 1
+
+
+def _trailing_zeros(n: int) -> int:
+    if n == 0:
+        return 0
+    digits = str(n)
+    return len(digits) - len(digits.rstrip("0"))
+
+
+def _scaled_down(ints: list[int], k: int) -> str:
+    """`ints` divided by 10^k (each a multiple of it), comma-joined."""
+    text = ",".join(map(str, ints))
+    if not k:
+        return text
+    if 0 in ints:  # "0" has no trailing zero to drop: divide one by one
+        unit = 10**k
+        return ",".join(str(x // unit) for x in ints)
+    # Every element ends with k zeros and a comma only ends an element: drop the zeros in one pass.
+    return (text + ",").replace("0" * k + ",", ",")[:-1]
+
+
+def _prices(ints: list[int], *, descending: bool) -> str:
+    if not ints:
+        return ""
+    best = ints[0]
+    k = _trailing_zeros(math.gcd(*ints))
+    steps = [best - x for x in ints] if descending else [x - best for x in ints]
+    steps[0] = best
+    return f"{k},{_scaled_down(steps, k)}"
+
+
+def _quantities(ints: list[int]) -> str:
+    if not ints:
+        return ""
+    k = _trailing_zeros(math.gcd(*ints))
+    return f"{k},{_scaled_down(ints, k)}"
+
+
+def encode_levels(
+    bid_prices: Sequence[str], bid_quantities: Sequence[str], ask_prices: Sequence[str], ask_quantities: Sequence[str]
+) -> EncodedLevels:
+    """Encode one book's levels (plain non-negative decimal strings, as models.book.parse_frame admits them).
+
+    Raises ValueError for any other value. Exact for any such strings: what `decode_column` (and the SQL decoder)
+    returns is each value as sent, its trailing zeros included. A book with no level at all, with values of
+    different scales, or with a leading zero (``007``) keeps them as sent."""
+    values = [*bid_prices, *bid_quantities, *ask_prices, *ask_quantities]
+    joined = ",".join(values)
+    if joined.count(",") != max(len(values) - 1, 0):  # a value holding a comma would read as two
+        raise ValueError("a price or quantity is not a plain decimal string")
+    scale = _scale_of(values[0]) if values else 0
+    if not values or not _uniform(scale).fullmatch(joined):
+        if values and not _PLAIN.fullmatch(joined):
+            raise ValueError("a price or quantity is not a plain decimal string")
+        return EncodedLevels(None, *(",".join(c) for c in (bid_prices, bid_quantities, ask_prices, ask_quantities)))
+    # One pass over all 80 values of a depth20 book: the calls, not the values, are what costs here.
+    ints = list(map(int, joined.replace(".", "").split(",")))
+    i = len(bid_prices)
+    j = i + len(bid_quantities)
+    k = j + len(ask_prices)
+    return EncodedLevels(
+        scale,
+        _prices(ints[:i], descending=True),
+        _quantities(ints[i:j]),
+        _prices(ints[j:k], descending=False),
+        _quantities(ints[k:]),
+    )
+
+
+def decode_column(encoded: str, *, scale: int | None, price_direction: int) -> list[str]:
+    """The values of one encoded column as decimal strings: `price_direction` is -1 for bid prices, +1 for ask
+    prices, 0 for quantities. The reference of the SQL decoder (bookfeed_levels)."""
+    if not encoded:
+        return []
+    if scale is None:
+        return encoded.split(",")
+    k, first, *rest = map(int, encoded.split(","))
+    ints = [first, *(first + price_direction * v for v in rest)] if price_direction else [first, *rest]
+    return [_decimal_text(v * 10**k, scale) for v in ints]
+
+
+def _decimal_text(mantissa: int, scale: int) -> str:
+    """`mantissa` * 10^-scale written with `scale` decimals (a non-negative mantissa, as encoded books have)."""
+    if not scale:
+        return str(mantissa)
+    digits = str(mantissa).rjust(scale + 1, "0")
+    return f"{digits[:-scale]}.{digits[-scale:]}"

@@ -47,8 +47,10 @@ test-e2e: $(STAMP)
 test-embedded: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/pytest
 
+## The whole-market scenario (1,500 symbols at depth20@100ms), the bare COPY limit and the naive design, with the
+## ratios; JSON and PNG in bench-results/. More: make bench BENCH_ARGS="--workers 1,2,4 --shards 1,2" (--help).
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 chaos: $(STAMP)
 	$(BIN)/python -m bench.chaos

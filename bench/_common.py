@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,12 +39,9 @@ def frames(n: int, *, seed: int = 1, depth: int = 20) -> list[str]:
 @contextmanager
 def services() -> Iterator[tuple[str, str, Callable[[], str]]]:
     """(admin database URL, redis base URL, new_database()) from DATABASE_URL/REDIS_URL or embedded servers;
-    the databases made with new_database() are migrated, and dropped at the end."""
-    servers = start_servers(
-        Path(tempfile.mkdtemp(prefix="bookfeed-bench-")),
-        database_url=os.environ.get("DATABASE_URL"),
-        redis_url=os.environ.get("REDIS_URL"),
-    )
+    the databases made with new_database() are migrated, and dropped at the end (also when the body fails)."""
+    work = Path(tempfile.mkdtemp(prefix="bookfeed-bench-"))  # the embedded servers' data: removed at the end
+    servers = start_servers(work, database_url=os.environ.get("DATABASE_URL"), redis_url=os.environ.get("REDIS_URL"))
     created: list[str] = []
 
     def new_database() -> str:
@@ -53,7 +52,9 @@ def services() -> Iterator[tuple[str, str, Callable[[], str]]]:
 
     try:
         yield servers.admin_url, servers.redis_base, new_database
-        for url in created:
-            servers.drop_database(url)
     finally:
+        for url in created:
+            with contextlib.suppress(Exception):  # a server already gone has nothing left to drop
+                servers.drop_database(url)
         servers.close()
+        shutil.rmtree(work, ignore_errors=True)

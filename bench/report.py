@@ -1,0 +1,197 @@
+"""Pure reporting for the whole-market bench: rates from cumulative counters, weighted percentiles, per-second
+series, the summary table and the ratios. No I/O here except `write_json` and `plot` (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "BatchRow",
+    "bucket_sum",
+    "format_summary",
+    "latency_series",
+    "parse_list",
+    "plot",
+    "rate_between",
+    "rates",
+    "ratio",
+    "weighted_percentiles",
+    "write_json",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """One row of ingest_batches as the bench reads it: unix seconds. `seen_at` is when the bench first saw the
+    row committed (None: only in the final read); `stored_at` is the transaction's start (PostgreSQL's now())."""
+
+    batch_id: str
+    stored_at: float
+    min_received_at: float | None
+    max_received_at: float | None
+    n_books: int
+    seen_at: float | None = None
+
+
+def parse_list(text: str) -> tuple[int, ...]:
+    """`1,2,4` -> (1, 2, 4): positive integers, in the order given, without repeats."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        value = int(part)
+        if value <= 0:
+            raise ValueError(f"expected positive integers, got {part!r}")
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise ValueError("expected at least one positive integer")
+    return tuple(out)
+
+
+def rates(samples: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(t, per-second rate) between consecutive (t, cumulative count) samples, stamped at the interval's end.
+    A counter that goes back (a process restarted) gives no rate for that interval."""
+    out = []
+    for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+        if t1 > t0 and c1 >= c0:
+            out.append((t1, (c1 - c0) / (t1 - t0)))
+    return out
+
+
+def rate_between(samples: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    """Average rate of a cumulative counter over [start, end], from the samples nearest inside those bounds."""
+    inside = [(t, c) for t, c in samples if start <= t <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return 0.0
+    (t0, c0), (t1, c1) = inside[0], inside[-1]
+    return (c1 - c0) / (t1 - t0)
+
+
+def bucket_sum(
+    points: Iterable[tuple[float, float]], *, origin: float, width: float = 1.0
+) -> list[tuple[float, float]]:
+    """Sum of values per `width`-second bucket since `origin`: [(bucket start relative to origin, sum)], every
+    bucket from the first to the last present (empty ones as 0)."""
+    sums: dict[int, float] = {}
+    for t, v in points:
+        k = math.floor((t - origin) / width)
+        sums[k] = sums.get(k, 0.0) + v
+    if not sums:
+        return []
+    return [(k * width, sums.get(k, 0.0)) for k in range(min(sums), max(sums) + 1)]
+
+
+def weighted_percentiles(values: Sequence[tuple[float, int]], quantiles: Sequence[float]) -> list[float | None]:
+    """Percentiles of values each counted `weight` times (the lowest value whose cumulative weight reaches q of
+    the total). None for every quantile when there is no weight."""
+    pairs = sorted((v, w) for v, w in values if w > 0)
+    total = sum(w for _, w in pairs)
+    if total == 0:
+        return [None for _ in quantiles]
+    out: list[float | None] = []
+    for q in quantiles:
+        need = q * total
+        acc = 0
+        chosen = pairs[-1][0]
+        for v, w in pairs:
+            acc += w
+            if acc >= need:
+                chosen = v
+                break
+        out.append(chosen)
+    return out
+
+
+def latency_series(
+    batches: Sequence[BatchRow], *, origin: float, use_seen: bool = False, width: float = 1.0
+) -> list[tuple[float, float, float]]:
+    """Per `width`-second bucket of commit time since `origin`: (bucket start, p50, max) of the receive->committed
+    latency of each batch's oldest frame, weighted by its books. `use_seen`: the time the bench saw the commit."""
+    buckets: dict[int, list[tuple[float, int]]] = {}
+    for b in batches:
+        at = b.seen_at if use_seen else b.stored_at
+        if at is None or b.min_received_at is None or b.n_books == 0:
+            continue
+        buckets.setdefault(math.floor((at - origin) / width), []).append((at - b.min_received_at, b.n_books))
+    out = []
+    for k in sorted(buckets):
+        p50 = weighted_percentiles(buckets[k], [0.5])[0]
+        out.append((k * width, p50 if p50 is not None else 0.0, max(v for v, _ in buckets[k])))
+    return out
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 else None
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def format_summary(summary: Mapping[str, Any], *, indent: str = "  ") -> str:
+    """One `key  value` line per entry; nested mappings indented under their key."""
+    lines: list[str] = []
+    width = max((len(k) for k in summary), default=0)
+    for key, value in summary.items():
+        if isinstance(value, Mapping):
+            lines.append(f"{indent}{key}:")
+            lines.append(format_summary(value, indent=indent + "  "))
+        else:
+            lines.append(f"{indent}{key:<{width}}  {_fmt(value)}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+
+
+def plot(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
+    """One column per run: offered/received/stored frames/s, queue depth, latency (p50 and max per second)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, len(runs), figsize=(6 * len(runs), 10), squeeze=False, sharex="col")
+    for col, run in enumerate(runs):
+        series = run["series"]
+        ax = axes[0][col]
+        for name in ("offered", "received", "stored"):
+            pts = series[name]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, linewidth=1)
+        ax.axvspan(*run["measure_window_s"], color="grey", alpha=0.1, label="measured")
+        ax.set_title(run["label"], fontsize=9)
+        ax.set_ylabel("frames/s")
+        ax.legend(fontsize=8)
+        ax = axes[1][col]
+        pts = series["queue_frames"]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label="frames received, not stored", linewidth=1)
+        ax.set_ylabel("queue (frames)")
+        ax.legend(fontsize=8)
+        ax = axes[2][col]
+        pts = series["latency"]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label="p50", linewidth=1)
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], label="max", linewidth=1)
+        ax.set_ylabel("receive -> committed (s)")
+        ax.set_xlabel("seconds since start")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -4,6 +4,7 @@ Read-only: never writes or deletes anything in the archive."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
@@ -26,6 +27,29 @@ __all__ = ["ArchiveReader", "ColdRow"]
 ColdRow = tuple[datetime, int, list[str], list[str], list[str], list[str]]
 
 _BATCH_ROWS = 2_000  # rows decoded at a time: a depth20 book is ~1.5 KB in Python objects
+_COLUMNS = ["received_at", "last_update_id", "bid_prices", "bid_quantities", "ask_prices", "ask_quantities"]
+
+
+def _utc(t: datetime) -> datetime:
+    return t.astimezone(UTC)
+
+
+def _rows(table: pa.Table | pa.RecordBatch) -> Iterator[ColdRow]:
+    cols = [table.column(i).to_pylist() for i in range(len(_COLUMNS))]
+    for t, uid, bp, bq, ap, aq in zip(*cols, strict=True):
+        yield (_utc(t), int(uid), bp, bq, ap, aq)
+
+
+def _time_bounds(f: pq.ParquetFile, group: int) -> tuple[datetime, datetime] | None:
+    """min and max received_at of one row group from its footer statistics (None when it has none)."""
+    meta = f.metadata.row_group(group)
+    for j in range(meta.num_columns):
+        col = meta.column(j)
+        if col.path_in_schema == "received_at":
+            stats = col.statistics
+            if stats is not None and stats.has_min_max and isinstance(stats.min, datetime):
+                return _utc(stats.min), _utc(stats.max)
+    return None
 
 
 class ArchiveReader:
@@ -85,12 +109,50 @@ class ArchiveReader:
         path = self._path(book_path(day, symbol))
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             return
-        columns = ["received_at", "last_update_id", "bid_prices", "bid_quantities", "ask_prices", "ask_quantities"]
         try:
             with self.fs.open_input_file(path) as f:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=_BATCH_ROWS, columns=columns):
-                    cols = [batch.column(i).to_pylist() for i in range(len(columns))]
-                    for t, uid, bp, bq, ap, aq in zip(*cols, strict=True):
-                        yield (t.astimezone(UTC), int(uid), bp, bq, ap, aq)
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=_BATCH_ROWS, columns=_COLUMNS):
+                    yield from _rows(batch)
         except (OSError, pa.ArrowException) as exc:
             raise ArchiveError(f"cannot read {book_path(day, symbol)} from the archive: {exc}", day=day) from None
+
+    def time_span(self, day: date, symbol: str) -> tuple[datetime, datetime] | None:
+        """received_at of the first and the last book in one symbol's file of a day (None: no file, or empty), from
+        the footer's statistics (the file is written in time order), else from its received_at column.
+        ArchiveError when the file cannot be read."""
+        path = self._path(book_path(day, symbol))
+        try:
+            if self.fs.get_file_info(path).type != pafs.FileType.File:
+                return None
+            with self.fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                groups = pf.metadata.num_row_groups
+                bounds = [_time_bounds(pf, g) for g in range(groups)]
+                if groups and all(b is not None for b in bounds):
+                    return min(b[0] for b in bounds if b), max(b[1] for b in bounds if b)
+                times = [_utc(t) for t in pf.read(columns=["received_at"]).column(0).to_pylist()]
+                return (min(times), max(times)) if times else None
+        except (OSError, pa.ArrowException) as exc:
+            raise ArchiveError(f"cannot read {book_path(day, symbol)} from the archive: {exc}", day=day) from None
+
+    def last_at_or_before(self, day: date, symbol: str, at: datetime) -> ColdRow | None:
+        """The last book (by received_at, then last_update_id) of one symbol's file of a day received at or before
+        `at`, reading one row group (the newest whose statistics start at or before `at`). None when there is none.
+        ArchiveError when the file cannot be read."""
+        path = self._path(book_path(day, symbol))
+        try:
+            if self.fs.get_file_info(path).type != pafs.FileType.File:
+                return None
+            with self.fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                for group in reversed(range(pf.metadata.num_row_groups)):
+                    bounds = _time_bounds(pf, group)
+                    if bounds is not None and bounds[0] > at:
+                        continue
+                    times = [_utc(t) for t in pf.read_row_group(group, columns=["received_at"]).column(0).to_pylist()]
+                    k = bisect.bisect_right(times, at)
+                    if k:  # only that row is turned into Python objects
+                        return next(_rows(pf.read_row_group(group, columns=_COLUMNS).slice(k - 1, 1)))
+        except (OSError, pa.ArrowException) as exc:
+            raise ArchiveError(f"cannot read {book_path(day, symbol)} from the archive: {exc}", day=day) from None
+        return None

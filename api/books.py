@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 from api.archive import ArchiveReader, ColdRow
 from models.coldstore import day_bounds
 
-__all__ = ["Book", "BookKey", "iter_books"]
+__all__ = ["Book", "BookKey", "book_at", "iter_books"]
 
 BookKey = tuple[datetime, int]  # (received_at, last_update_id): the order of iter_books and its keyset cursor
 
@@ -31,6 +31,13 @@ _HOT_AFTER_SQL = text(
     f" AND (received_at, last_update_id) > (:after_t, :after_id) {_ORDER}"
 )
 _HAS_DAY_SQL = text(f"SELECT EXISTS (SELECT 1 FROM order_books WHERE {_WHERE})")
+_AT_SQL = text(
+    f"SELECT {_COLUMNS} FROM order_books WHERE symbol = :symbol AND received_at <= :at"
+    " ORDER BY received_at DESC, last_update_id DESC LIMIT 1"
+)
+_LATEST_SQL = text(
+    f"SELECT {_COLUMNS} FROM order_books WHERE symbol = :symbol ORDER BY received_at DESC, last_update_id DESC LIMIT 1"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +157,43 @@ def iter_books(
                     return
         finally:
             books.close()
+
+
+def _hot_at(engine: Engine, symbol: str, at: datetime | None) -> Book | None:
+    with engine.connect() as conn:
+        if at is None:
+            row = conn.execute(_LATEST_SQL, {"symbol": symbol}).first()
+        else:
+            row = conn.execute(_AT_SQL, {"symbol": symbol, "at": at}).first()
+    return None if row is None else _book(symbol, (row[0], row[1], row[2], row[3], row[4], row[5]))
+
+
+def book_at(engine: Engine, *, symbol: str, at: datetime | None, archive_url: str | None = None) -> Book | None:
+    """The book of `symbol` in force at `at` (aware): the last one received at or before it, by (received_at,
+    last_update_id); with `at` None, the newest. PostgreSQL first; with `archive_url`, a newer book on a day the
+    archive verified and PostgreSQL no longer holds (the same rule as iter_books) wins, so a day retention dropped
+    still answers. None when neither has one. Raises ValueError for a naive `at`; ArchiveError (models.coldstore)
+    when the archive cannot be read."""
+    if at is not None and at.tzinfo is None:
+        raise ValueError("at needs a time zone (UTC)")
+    hot = _hot_at(engine, symbol, at)
+    if not archive_url:
+        return hot
+    reader = ArchiveReader(archive_url)
+    after = hot.received_at.date() if hot is not None else None  # days up to the hot book's are PostgreSQL's
+    last = at.astimezone(UTC).date() if at is not None else None
+    days = [
+        d for d, m in reader.verified_days(after, last).items() if symbol in m.rows and (after is None or d > after)
+    ]
+    for day in sorted(days, reverse=True):
+        lo, hi = day_bounds(day)
+        if last is not None and day == last:
+            # Days between the hot book's and `at`'s hold none of the symbol's books in PostgreSQL (or the hot book
+            # would be newer); `at`'s own day may hold later ones, and is then read in PostgreSQL alone.
+            with engine.connect() as conn:
+                if conn.execute(_HAS_DAY_SQL, {"symbol": symbol, "start": lo, "end": hi}).scalar_one():
+                    continue
+        row = reader.last_at_or_before(day, symbol, at if at is not None else hi)
+        if row is not None:
+            return _book(symbol, row)
+    return hot

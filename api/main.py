@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine
 from api import live, page, routes
 from api.auth import BearerAuth
 from api.context import ApiContext, SymbolIndex
+from api.health import HealthProbe, HealthThresholds
 from api.problems import install_problem_handlers
 from models.live import live_channel
 from models.settings import Settings, normalise_database_url
@@ -33,14 +34,26 @@ def make_engine(database_url: str) -> Engine:
     )
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None, symbols_ttl_s: float = 10.0) -> FastAPI:
-    """The app; `engine` defaults to one on DATABASE_URL (disposed at shutdown; a given one is left to its owner)."""
+def create_app(
+    settings: Settings, *, engine: Engine | None = None, symbols_ttl_s: float = 10.0, health_ttl_s: float = 2.0
+) -> FastAPI:
+    """The app; `engine` defaults to one on DATABASE_URL (disposed at shutdown; a given one is left to its owner).
+    The symbol index is kept `symbols_ttl_s`, the health `health_ttl_s` seconds."""
     own = engine is None
     eng = engine if engine is not None else make_engine(settings.require_database_url())
+    archive_url = settings.archive_url or None
+    health = HealthProbe(
+        eng,
+        settings.redis_url,
+        prefix=settings.broker_key_prefix,
+        limits=HealthThresholds.from_settings(settings),
+        ttl_s=health_ttl_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        health.close()
         if own:
             eng.dispose()
 
@@ -52,12 +65,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None, symbols_ttl_
     )
     app.state.ctx = ApiContext(
         engine=eng,
-        symbols=SymbolIndex(eng, ttl_s=symbols_ttl_s),
+        symbols=SymbolIndex(eng, ttl_s=symbols_ttl_s, archive_url=archive_url),
         max_limit=settings.api_max_limit,
         max_range_s=settings.api_max_range_s,
         redis_url=settings.redis_url,
         live_channel=live_channel(settings.broker_key_prefix),
-        archive_url=getattr(settings, "archive_url", None),
+        archive_url=archive_url,
+        health=health,
     )
     install_problem_handlers(app)
     app.include_router(routes.router)

@@ -13,6 +13,8 @@ from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.coldstore import ArchiveError
+
 __all__ = ["PROBLEM_JSON", "ProblemError", "install_problem_handlers", "problem_response"]
 
 logger = logging.getLogger(__name__)
@@ -72,9 +74,18 @@ def _on_database(request: Request, exc: Exception) -> Response:
     )
 
 
+def _on_archive(request: Request, exc: Exception) -> Response:
+    # The archive's URL and the filesystem's message stay in the log.
+    logger.warning("archive error on %s: %s", request.url.path, exc)
+    return problem_response(
+        503, "Archive unavailable", "the cold archive could not be read; try again shortly", instance=request.url.path
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Answer every error of `app` (bad parameters, unknown routes, ProblemError) with a problem+json body."""
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(DBAPIError, _on_database)
+    app.add_exception_handler(ArchiveError, _on_archive)

@@ -14,20 +14,12 @@ from models.live import rfc3339
 
 __all__ = [
     "averages",
-    "book_at",
     "gaps",
-    "latest_book",
     "metrics",
     "rejected",
-    "symbol_stats",
 ]
 
 _FETCH = 500  # rows per server-side FETCH
-
-_BOOK_COLUMNS = (
-    "symbol, received_at, last_update_id, bid_prices::text[] AS bp, bid_quantities::text[] AS bq, "
-    "ask_prices::text[] AS ap, ask_quantities::text[] AS aq"
-)
 
 
 def _stream(engine: Engine, sql: str, params: Mapping[str, Any]) -> Iterator[RowMapping]:
@@ -35,51 +27,6 @@ def _stream(engine: Engine, sql: str, params: Mapping[str, Any]) -> Iterator[Row
         result = conn.execution_options(stream_results=True, yield_per=_FETCH).execute(text(sql), dict(params))
         for row in result:
             yield row._mapping
-
-
-def book_json(row: RowMapping) -> dict[str, Any]:
-    """`{symbol, received_at, last_update_id, bids: [[price, qty], ...], asks}` from an order_books row."""
-    return {
-        "symbol": row["symbol"],
-        "received_at": rfc3339(row["received_at"]),
-        "last_update_id": row["last_update_id"],
-        "bids": [list(lv) for lv in zip(row["bp"], row["bq"], strict=True)],
-        "asks": [list(lv) for lv in zip(row["ap"], row["aq"], strict=True)],
-    }
-
-
-def symbol_stats(engine: Engine) -> list[dict[str, Any]]:
-    """Each stored symbol with its first and last received_at and its number of books (a scan of every book)."""
-    sql = (
-        "SELECT symbol, min(received_at) AS first, max(received_at) AS last, count(*) AS books "
-        "FROM order_books GROUP BY symbol ORDER BY symbol"
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(text(sql)).mappings().all()
-    return [
-        {"symbol": r["symbol"], "first": rfc3339(r["first"]), "last": rfc3339(r["last"]), "books": r["books"]}
-        for r in rows
-    ]
-
-
-def _one_book(engine: Engine, where: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
-    sql = (
-        f"SELECT {_BOOK_COLUMNS} FROM order_books WHERE symbol = :symbol {where} "
-        "ORDER BY received_at DESC, last_update_id DESC LIMIT 1"
-    )
-    with engine.connect() as conn:
-        row = conn.execute(text(sql), dict(params)).mappings().first()
-    return None if row is None else book_json(row)
-
-
-def latest_book(engine: Engine, *, symbol: str) -> dict[str, Any] | None:
-    """The newest stored book of `symbol`, or None."""
-    return _one_book(engine, "", {"symbol": symbol})
-
-
-def book_at(engine: Engine, *, symbol: str, at: datetime) -> dict[str, Any] | None:
-    """The book in force at `at`: the last one received at or before it, or None."""
-    return _one_book(engine, "AND received_at <= :at", {"symbol": symbol, "at": at})
 
 
 def metrics(engine: Engine, *, symbol: str, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:

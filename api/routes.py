@@ -13,6 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api import queries, schemas
 from api.books import Book, iter_books
+from api.books import book_at as find_book
 from api.context import ApiContext, get_ctx
 from api.params import BookKey, check_limit, check_range, decode_cursor, encode_cursor, parse_symbol, parse_time
 from api.problems import PROBLEM_JSON, ProblemError
@@ -61,22 +62,35 @@ def symbols(ctx: Ctx) -> Response:
 
 @router.get("/books/latest", response_model=schemas.BookOut)
 def latest_book(ctx: Ctx, symbol: SymbolQ) -> Response:
-    """The newest stored book of `symbol`."""
+    """The newest stored book of `symbol` (PostgreSQL's, else the newest archived one)."""
     sym = _known(ctx, symbol)
-    book = queries.latest_book(ctx.engine, symbol=sym)
+    book = find_book(ctx.engine, symbol=sym, at=None, archive_url=ctx.archive_url)
     if book is None:
         raise ProblemError(404, "No book", f"no book of {sym} is stored")
-    return _json(book)
+    return _json(_book_json(book))
 
 
 @router.get("/books/at", response_model=schemas.BookOut)
 def book_at(ctx: Ctx, symbol: SymbolQ, t: TimeQ) -> Response:
-    """The book in force at instant `t`: the last one received at or before it."""
+    """The book in force at instant `t`: the last one received at or before it, from PostgreSQL or, for days
+    retention dropped, from the archive."""
     sym, at = _known(ctx, symbol), parse_time(t, name="t")
-    book = queries.book_at(ctx.engine, symbol=sym, at=at)
+    book = find_book(ctx.engine, symbol=sym, at=at, archive_url=ctx.archive_url)
     if book is None:
         raise ProblemError(404, "No book", f"no book of {sym} was received at or before {rfc3339(at)}")
-    return _json(book)
+    return _json(_book_json(book))
+
+
+@router.get("/health", response_model=schemas.HealthOut)
+def health(ctx: Ctx) -> Response:
+    """Feed and queue health in the shape of `bookfeed status --json` (kept for a few seconds): `state` healthy,
+    degraded or down with the `problems` found; the Celery queues, unacknowledged tasks and the outbox (batches
+    not yet committed) from one Redis round trip; each symbol's newest stored book's age from one SQL query.
+    `feeds` and `workers_alive` are null here (`bookfeed status` counts them). Always 200: an unreachable service
+    is a problem in the body."""
+    if ctx.health is None:
+        raise ProblemError(503, "No health probe", "this API was built without one")
+    return _json(ctx.health.read())
 
 
 def _book_json(book: Book) -> dict[str, Any]:

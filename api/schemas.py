@@ -10,6 +10,7 @@ __all__ = [
     "BookOut",
     "BooksPage",
     "GapsPage",
+    "HealthOut",
     "MetricsPage",
     "Problem",
     "RejectedPage",
@@ -109,3 +110,26 @@ class RejectedOut(BaseModel):
 
 class RejectedPage(BaseModel):
     items: list[RejectedOut]
+
+
+class SymbolHealth(BaseModel):
+    symbol: str
+    last_book_age_s: float = Field(description="seconds since its newest stored book was received")
+    stale: bool
+
+
+class HealthOut(BaseModel):
+    """`bookfeed status --json`'s shape; what the API cannot count cheaply (feeds, workers) is null."""
+
+    state: str = Field(description="healthy, degraded or down")
+    problems: list[str]
+    checked_at: float = Field(description="seconds since the epoch")
+    queue_depth: int | None = Field(description="tasks waiting in the queues plus delivered, unacknowledged ones")
+    queues: dict[str, int] | None = Field(None, description="tasks waiting per Celery queue")
+    unacked: int | None = None
+    outbox: int | None = Field(None, description="batches in Redis not yet committed to PostgreSQL")
+    oldest_batch_age_s: float | None = Field(description="age of the oldest uncommitted batch's first frame")
+    feeds: int | None = Field(description="null: `bookfeed status` counts the feeds")
+    workers_alive: int | None = Field(description="null: `bookfeed status` pings the workers")
+    database_lag_s: float | None = Field(description="age of the newest stored book")
+    symbols: list[SymbolHealth] | None = Field(description="symbols with a book stored in the last 10 minutes")

@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     url: str = _setting(LIVE_URL, used_by=(FEED,))
     symbols: Annotated[tuple[str, ...], NoDecode] = _setting(DEFAULT_SYMBOLS, used_by=(FEED,))
     depth: int = _setting(DEFAULT_DEPTH, used_by=(FEED,))  # 5, 10 or 20
-    speed: Speed = _setting(DEFAULT_SPEED, used_by=(FEED,))
+    speed: Speed = _setting(DEFAULT_SPEED, used_by=(FEED, API))  # the API: staleness in /v1/health
     # `BOOKFEED_SYMBOLS=all`: every symbol `GET /api/v3/exchangeInfo` lists as TRADING at rest_url, filtered by
     # quote asset and exclusions, refreshed every symbols_refresh_s (feed.universe).
     rest_url: str = _setting(LIVE_REST_URL, used_by=(FEED,))
@@ -179,9 +179,9 @@ class Settings(BaseSettings):
     # is stale when its newest stored book is older than max(status_stale_s, 10 update intervals).
     metrics_port: int = _setting(9101, used_by=(FEED,), ge=0, le=65535)
     worker_metrics_port: int = _setting(9102, used_by=(WORKER,), ge=0, le=65535)
-    status_stale_s: float = _setting(10.0, used_by=(WORKER, UP), gt=0)
-    status_queue_age_s: float = _setting(60.0, used_by=(WORKER, UP), gt=0)  # oldest waiting batch: degraded beyond
-    status_down_s: float = _setting(120.0, used_by=(WORKER, UP), gt=0)  # no book stored at all this long: down
+    status_stale_s: float = _setting(10.0, used_by=(WORKER, UP, API), gt=0)
+    status_queue_age_s: float = _setting(60.0, used_by=(WORKER, UP, API), gt=0)  # oldest waiting batch: degraded beyond
+    status_down_s: float = _setting(120.0, used_by=(WORKER, UP, API), gt=0)  # no book stored at all this long: down
 
     # The cold archive (opt-in): a directory or a pyarrow filesystem URI (s3://bucket/prefix) where each closed UTC
     # day is written to Parquet and verified (workers/archive.py); the API and `bookfeed export` read it for days

@@ -1,6 +1,7 @@
 """The live page at `/` of the API in a real Chromium (Debian's, driven by Playwright): simulator -> feed -> Redis ->
 worker -> PostgreSQL -> API -> browser. The page loads, its charts receive live points, its depth chart draws the
-current book, the 30 s average and the feed's gaps arrive, and a screenshot is saved with the test output.
+current book, the 30 s average, the feed's gaps and the queue's health arrive, and a screenshot is saved with the
+test output.
 
 Skips, saying why, where Playwright or Chromium is missing (`.ci/run` installs Debian's `chromium` where apt works).
 Set LIVE_PAGE_SCREENSHOT=docs/live-page.png to copy the screenshot there too (the README shows that file)."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -150,6 +152,10 @@ def test_live_page_charts_receive_live_points_in_chromium(
         _wait_cards(page, "avg30", dict.fromkeys(SYMBOLS, 1), timeout=90, what="a 30 s average on each chart")
         assert page.get_attribute("#ws-state", "data-state") == "ok"
         assert page.get_attribute("#feed-state", "data-state") == "ok"
+        # The queue, from GET /v1/health (found in /openapi.json): tasks waiting and the oldest batch's age.
+        queue = page.inner_text("#queue-state")
+        assert re.fullmatch(r"queue: \d+ task\(s\), oldest \d+ s", queue), queue
+        assert page.get_attribute("#queue-state", "data-state") in ("ok", "warn"), queue
         for s in SYMBOLS:
             price = page.inner_text(f'section.card[data-symbol="{s}"] .price')
             assert float(price) > 0, price

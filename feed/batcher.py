@@ -14,7 +14,11 @@ Frame = tuple[int, str]  # (received_ns, raw text)
 
 class Batcher:
     """Collects frames and hands them to `emit` in lists of at most `max_frames`, or when the oldest frame has waited
-    `max_wait_ms`. Thread-safe: the reader calls `add`, a timer thread calls `flush_if_due`."""
+    `max_wait_ms`. Thread-safe: the reader calls `add`, a timer thread calls `flush_if_due`.
+
+    `emit` runs outside the lock that guards the frames, so readers keep adding while a batch is handed on; batches
+    still reach `emit` one at a time and in the order they were cut (a second lock, taken before the first is let
+    go)."""
 
     def __init__(
         self,
@@ -31,6 +35,7 @@ class Batcher:
         self._frames: list[Frame] = []
         self._first_ns = 0
         self._lock = threading.Lock()
+        self._emit_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -47,18 +52,28 @@ class Batcher:
             if not self._frames:
                 self._first_ns = self._clock_ns()
             self._frames.append(frame)
-            if len(self._frames) >= self._max_frames:
-                self._flush_locked()
+            if len(self._frames) < self._max_frames:
+                return
+            frames = self._cut_locked()
+        self._emit_cut(frames)
 
     def flush_if_due(self) -> None:
         with self._lock:
-            if self._frames and self._clock_ns() - self._first_ns >= self._max_wait_ns:
-                self._flush_locked()
+            if not (self._frames and self._clock_ns() - self._first_ns >= self._max_wait_ns):
+                return
+            frames = self._cut_locked()
+        self._emit_cut(frames)
 
     def flush(self) -> None:
+        """Emit the frames collected so far; returns once every batch cut before it has been emitted too."""
         with self._lock:
-            if self._frames:
-                self._flush_locked()
+            frames = self._cut_locked() if self._frames else None
+            if frames is None:
+                self._emit_lock.acquire()  # wait for a batch being emitted elsewhere: flush() means "all out"
+        if frames is None:
+            self._emit_lock.release()
+            return
+        self._emit_cut(frames)
 
     def seconds_until_due(self) -> float:
         with self._lock:
@@ -66,6 +81,14 @@ class Batcher:
                 return self._max_wait_ns / 1e9
             return max(0.0, (self._first_ns + self._max_wait_ns - self._clock_ns()) / 1e9)
 
-    def _flush_locked(self) -> None:
+    def _cut_locked(self) -> list[Frame]:
+        """Take the frames and the emit lock, both under `_lock`: the order of cuts is the order of emits."""
         frames, self._frames = self._frames, []
-        self._emit(frames)
+        self._emit_lock.acquire()
+        return frames
+
+    def _emit_cut(self, frames: list[Frame]) -> None:
+        try:
+            self._emit(frames)
+        finally:
+            self._emit_lock.release()

@@ -5,12 +5,14 @@ Pure: no I/O. The SQL decoder (bookfeed_levels, in the compact_book_levels migra
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from itertools import repeat
 
-__all__ = ["EncodedLevels", "decode_column", "encode_levels"]
+__all__ = ["EncodedLevels", "decode_column", "encode_levels", "encode_uniform"]
 
 
 # The format. Binance writes every value of a book with the same number of decimals (8), so a book is stored as
@@ -74,7 +76,7 @@ def _prices(ints: list[int], *, descending: bool) -> str:
         return ""
     best = ints[0]
     k = _trailing_zeros(math.gcd(*ints))
-    steps = [best - x for x in ints] if descending else [x - best for x in ints]
+    steps = list(map(operator.sub, repeat(best), ints) if descending else map(operator.sub, ints, repeat(best)))
     steps[0] = best
     return f"{k},{_scaled_down(steps, k)}"
 
@@ -84,6 +86,43 @@ def _quantities(ints: list[int]) -> str:
         return ""
     k = _trailing_zeros(math.gcd(*ints))
     return f"{k},{_scaled_down(ints, k)}"
+
+
+def _scaled_digits(values: Sequence[str]) -> tuple[int, str] | None:
+    """(k, the comma-joined integers v_i / 10^k) of a column of uniform-scale values, where v_i is value i without
+    its point and k the trailing zeros of gcd(v_i), worked out on the text (no int() per value, which is what costs
+    for quantities; prices need the integers anyway, for their distances). None when a value is zero: a zero has no
+    trailing zero to share (gcd ignores it), the integer path does."""
+    digits = [v.replace(".", "").lstrip("0") for v in values]
+    if "" in digits:
+        return None
+    text = ",".join(digits) + ","
+    # The trailing zeros of the gcd are the fewest any value has; each element ends at its comma.
+    n, k, zeros = len(digits), 0, _ZEROS_THEN_COMMA
+    while k + 1 < len(zeros) and text.count(zeros[k + 1]) == n:
+        k += 1
+    if k + 1 == len(zeros):  # beyond what parsed values hold: let the integers tell
+        return None
+    if k:
+        text = text.replace(_ZEROS_THEN_COMMA[k], ",")
+    return k, text[:-1]
+
+
+# "0" * i + "," for every i a value of at most 20 + 20 digits (models.book's widest) can need.
+_ZEROS_THEN_COMMA = tuple("0" * i + "," for i in range(42))
+
+
+def _ints(values: Sequence[str]) -> list[int]:
+    return list(map(int, ",".join(values).replace(".", "").split(","))) if values else []
+
+
+def _uniform_quantities(values: Sequence[str]) -> str:
+    if not values:
+        return ""
+    scaled = _scaled_digits(values)
+    if scaled is None:
+        return _quantities(_ints(values))
+    return f"{scaled[0]},{scaled[1]}"
 
 
 def encode_levels(
@@ -103,17 +142,27 @@ def encode_levels(
         if values and not _PLAIN.fullmatch(joined):
             raise ValueError("a price or quantity is not a plain decimal string")
         return EncodedLevels(None, *(",".join(c) for c in (bid_prices, bid_quantities, ask_prices, ask_quantities)))
-    # One pass over all 80 values of a depth20 book: the calls, not the values, are what costs here.
-    ints = list(map(int, joined.replace(".", "").split(",")))
-    i = len(bid_prices)
-    j = i + len(bid_quantities)
-    k = j + len(ask_prices)
+    return encode_uniform(bid_prices, bid_quantities, ask_prices, ask_quantities, scale=scale)
+
+
+def encode_uniform(
+    bid_prices: Sequence[str],
+    bid_quantities: Sequence[str],
+    ask_prices: Sequence[str],
+    ask_quantities: Sequence[str],
+    *,
+    scale: int,
+) -> EncodedLevels:
+    """`encode_levels` of a book known to have at least one value, every value a plain decimal with exactly `scale`
+    decimals (no point when 0) and no leading zero: what models.book.parse_frame found and records in
+    `BookSnapshot.numbers().scale`. Not checked again here (encode_levels' regex over every value): given any other
+    values, the result is wrong, not an error."""
     return EncodedLevels(
         scale,
-        _prices(ints[:i], descending=True),
-        _quantities(ints[i:j]),
-        _prices(ints[j:k], descending=False),
-        _quantities(ints[k:]),
+        _prices(_ints(bid_prices), descending=True),
+        _uniform_quantities(bid_quantities),
+        _prices(_ints(ask_prices), descending=False),
+        _uniform_quantities(ask_quantities),
     )
 
 

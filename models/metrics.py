@@ -8,6 +8,7 @@ terms adds at most (n-1)u, so a VWAP over n <= 20 levels is within (2n + 3)u ~ 4
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Context, Decimal
@@ -44,13 +45,18 @@ def vwap(prices: Sequence[str], quantities: Sequence[str]) -> float | None:
     """
     if not prices:
         return None
-    notional = 0.0
-    volume = 0.0
-    for p, q in zip(prices, quantities, strict=True):
-        fq = float(q)
-        notional += float(p) * fq
-        volume += fq
-    return notional / volume
+    fp, fq = tuple(map(float, prices)), tuple(map(float, quantities))
+    if len(fp) != len(fq):
+        raise ValueError("prices and quantities differ in length")
+    return _vwap(fp, fq)
+
+
+def _vwap(fp: Sequence[float], fq: Sequence[float]) -> float | None:
+    # Left to right from 0, as a loop would add them (Python 3.11's sum of floats is plain addition).
+    if not fp:
+        return None
+    notional: float = sum(map(operator.mul, fp, fq))
+    return notional / sum(fq)
 
 
 def book_metrics(book: BookSnapshot) -> BookMetrics:
@@ -58,8 +64,11 @@ def book_metrics(book: BookSnapshot) -> BookMetrics:
     bid/ask VWAP over all levels sent, price = (bid_vwap + ask_vwap) / 2. Metrics of an empty side are None."""
     best_bid = Decimal(book.bid_prices[0]) if book.bid_prices else None
     best_ask = Decimal(book.ask_prices[0]) if book.ask_prices else None
-    bid_vwap = vwap(book.bid_prices, book.bid_quantities)
-    ask_vwap = vwap(book.ask_prices, book.ask_quantities)
+    n = book.numbers()  # the floats parse_frame made, when it made this book
+    if n is not None:
+        bid_vwap, ask_vwap = _vwap(n.bid_prices, n.bid_quantities), _vwap(n.ask_prices, n.ask_quantities)
+    else:
+        bid_vwap, ask_vwap = vwap(book.bid_prices, book.bid_quantities), vwap(book.ask_prices, book.ask_quantities)
     if best_bid is None or best_ask is None or bid_vwap is None or ask_vwap is None:
         return BookMetrics(best_bid, best_ask, None, bid_vwap, ask_vwap, None, crossed=False)
     spread = _EXACT.subtract(best_ask, best_bid)

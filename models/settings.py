@@ -130,7 +130,8 @@ class Settings(BaseSettings):
     streams_per_connection: int = _setting(200, used_by=(FEED,), ge=1, le=1024)
     connects_per_5m: int = _setting(100, used_by=(FEED,), ge=1, le=300)
 
-    batch_max_frames: int = _setting(200, used_by=(FEED,), ge=1, le=10_000)
+    # 1,000: measured 13 % less pipeline CPU than 200 (bench: whole market); at 15,000 frames/s a batch fills in 67 ms.
+    batch_max_frames: int = _setting(1000, used_by=(FEED,), ge=1, le=10_000)
     batch_max_wait_ms: int = _setting(100, used_by=(FEED,), ge=1, le=60_000)
     buffer_max_frames: int = _setting(200_000, used_by=(FEED,), ge=1_000)
     # The feed's outage buffer is bounded in bytes too (frame text), whichever limit is reached first.

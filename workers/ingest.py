@@ -69,12 +69,21 @@ def _day(ns: int) -> date:
     return datetime.fromtimestamp(ns // 1_000_000_000, UTC).date()
 
 
+def _days(batch: ParsedBatch) -> set[date]:
+    """The UTC days of the batch's books; a batch within one day (nearly all) costs two date conversions."""
+    lo, hi = _bounds(batch)
+    if lo is None or hi is None:
+        return set()
+    first = _day(lo)
+    return {first} if first == _day(hi) else {_day(b.received_ns) for b, _ in batch.books}
+
+
 def _with_partitions(engine: Engine, batch: ParsedBatch) -> ParsedBatch:
     """Create the missing daily partitions, one transaction each. The books of a day the partition function refuses
     (too far from now) are rejected with its reason; the rest of the batch is stored. Any other error (a revoked
     grant, a missing function, an outage) propagates, so the batch is retried rather than its books rejected."""
     refused: dict[date, str] = {}
-    for day in sorted({_day(b.received_ns) for b, _ in batch.books} - _known_days):
+    for day in sorted(_days(batch) - _known_days):
         try:
             with storage.translate_errors(), engine.begin() as conn:
                 storage.ensure_partitions(conn, [day])

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
 
 from models.book import BookSnapshot
-from models.encoding import encode_levels
+from models.encoding import encode_levels, encode_uniform
 from models.errors import DuplicateRowError, PartitionRefusedError, StorageError, TransientStorageError
 from models.metrics import BookMetrics
 from models.tables import book_snapshots
@@ -126,7 +126,11 @@ def to_rows(items: Sequence[tuple[BookSnapshot, BookMetrics]], *, exchange: str)
         symbol = symbols.get(b.symbol)
         if symbol is None:
             symbol = symbols[b.symbol] = copy_text(b.symbol)
-        levels = encode_levels(b.bid_prices, b.bid_quantities, b.ask_prices, b.ask_quantities)
+        numbers = b.numbers()
+        if numbers is not None and numbers.scale is not None:  # parse_frame checked every value and their scale
+            levels = encode_uniform(b.bid_prices, b.bid_quantities, b.ask_prices, b.ask_quantities, scale=numbers.scale)
+        else:
+            levels = encode_levels(b.bid_prices, b.bid_quantities, b.ask_prices, b.ask_quantities)
         out.append(
             "\t".join(
                 (

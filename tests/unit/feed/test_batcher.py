@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from feed.batcher import Batcher, Frame
@@ -137,3 +139,78 @@ def test_emitted_list_is_not_reused(clock: FakeClock, emitted: list[list[Frame]]
         b.add(frame(i))
     assert emitted[0] is not emitted[1]
     assert emitted[0] == [frame(0), frame(1)]
+
+
+# --- emit outside the lock ----------------------------------------------------------------------------------------
+
+WAIT_S = 10  # a guard against a hang, never a speed target: every wait below ends as soon as its event is set
+
+
+def test_frames_are_added_while_a_batch_is_being_emitted(clock: FakeClock) -> None:
+    emitting, release = threading.Event(), threading.Event()
+    out: list[list[Frame]] = []
+
+    def slow_emit(frames: list[Frame]) -> None:
+        emitting.set()
+        assert release.wait(WAIT_S)
+        out.append(frames)
+
+    b = Batcher(max_frames=2, max_wait_ms=100, emit=slow_emit, clock_ns=clock)
+    reader = threading.Thread(target=lambda: [b.add(frame(i)) for i in range(2)])
+    reader.start()
+    assert emitting.wait(WAIT_S)
+    added = threading.Thread(target=b.add, args=(frame(2),))
+    added.start()
+    added.join(WAIT_S)
+    assert not added.is_alive()  # the frame went in while the first batch was still in emit
+    release.set()
+    reader.join(WAIT_S)
+    b.flush()
+    assert out == [[frame(0), frame(1)], [frame(2)]]
+
+
+def test_batches_cut_while_one_is_emitted_wait_their_turn(clock: FakeClock) -> None:
+    emitting, release = threading.Event(), threading.Event()
+    out: list[list[Frame]] = []
+
+    def emit(frames: list[Frame]) -> None:
+        if not out and not emitting.is_set():
+            emitting.set()
+            assert release.wait(WAIT_S)
+        out.append(frames)
+
+    b = Batcher(max_frames=2, max_wait_ms=100, emit=emit, clock_ns=clock)
+    first = threading.Thread(target=lambda: [b.add(frame(i)) for i in range(2)])
+    first.start()
+    assert emitting.wait(WAIT_S)
+    second = threading.Thread(target=lambda: [b.add(frame(i)) for i in range(2, 4)])
+    second.start()
+    second.join(0.2)  # gives the second batch a chance to overtake, were it allowed to
+    assert out == []
+    release.set()
+    first.join(WAIT_S)
+    second.join(WAIT_S)
+    assert out == [[frame(0), frame(1)], [frame(2), frame(3)]]
+
+
+def test_flush_returns_after_a_batch_emitted_elsewhere(clock: FakeClock) -> None:
+    emitting, release = threading.Event(), threading.Event()
+    out: list[list[Frame]] = []
+
+    def slow_emit(frames: list[Frame]) -> None:
+        emitting.set()
+        assert release.wait(WAIT_S)
+        out.append(frames)
+
+    b = Batcher(max_frames=1, max_wait_ms=100, emit=slow_emit, clock_ns=clock)
+    reader = threading.Thread(target=b.add, args=(frame(0),))
+    reader.start()
+    assert emitting.wait(WAIT_S)
+    flusher = threading.Thread(target=b.flush)
+    flusher.start()
+    flusher.join(0.2)
+    assert flusher.is_alive()  # nothing of its own to emit, but a batch is still on its way out
+    release.set()
+    flusher.join(WAIT_S)
+    reader.join(WAIT_S)
+    assert out == [[frame(0)]]

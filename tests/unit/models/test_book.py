@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -576,3 +577,62 @@ def test_fuzz_nearly_valid_frames(msg: dict[str, object]) -> None:
 @given(st.text() | st.binary())
 def test_fuzz_arbitrary_text(raw: str | bytes) -> None:
     _parse_or_reject(raw)
+
+
+# --- what parsing learned, handed on (BookSnapshot.numbers) -----------------------------------------------------
+
+
+def test_parsed_book_carries_its_floats_and_scale() -> None:
+    book = parse(make_frame(bids=[("100.50000000", "2.00000000")], asks=[("101.00000000", "0.10000000")]))
+    numbers = book.numbers()
+    assert numbers is not None
+    assert (numbers.bid_prices, numbers.bid_quantities) == ((100.5,), (2.0,))
+    assert (numbers.ask_prices, numbers.ask_quantities) == ((101.0,), (0.1,))
+    assert numbers.scale == 8
+
+
+@pytest.mark.parametrize(
+    ("bids", "asks", "scale"),
+    [
+        ([("100.5", "2.0")], [("101.0", "1.5")], 1),
+        ([("100", "2")], [], 0),
+        ([], [("101.00", "1.00")], 2),
+        ([("100.5", "2.00")], [], None),  # scales differ within a side
+        ([("100.5", "2.0")], [("101.00", "1.00")], None),  # or between the sides
+        ([], [], None),
+    ],
+)
+def test_scale_is_known_only_when_every_value_shares_it(
+    bids: list[tuple[str, str]], asks: list[tuple[str, str]], scale: int | None
+) -> None:
+    numbers = parse(make_frame(bids=bids, asks=asks)).numbers()
+    assert numbers is not None and numbers.scale == scale
+
+
+def test_what_parsing_learned_takes_no_part_in_equality_and_never_outlives_the_levels() -> None:
+    book = parse(make_frame(bids=[("100.00000000", "1.00000000")], asks=[("101.00000000", "1.00000000")]))
+    built = BookSnapshot(**{f: getattr(book, f) for f in BookSnapshot.__dataclass_fields__ if f != "parsed"})
+    assert built == book and built.numbers() is None
+    assert replace(book, received_ns=1).numbers() is book.numbers()
+    moved = replace(book, bid_prices=("99.00000000",))
+    assert moved.numbers() is None  # the floats of the old prices must not be taken for the new ones
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10**20 - 1), st.integers(1, 10**20 - 1)).map(lambda t: f"{t[0]}.{t[1]:020d}"),
+        min_size=2,
+        max_size=2,
+    ),
+    st.integers(1, 20),
+)
+def test_floats_handed_on_are_float_of_each_value(pair: list[str], decimals: int) -> None:
+    # One scale on every value: the parser reads the floats in one orjson call, which must round as float() does.
+    price, qty = (v[: len(v) - 20 + decimals] for v in pair)
+    if float(price) == 0.0 or float(qty) == 0.0:
+        return
+    numbers = parse(make_frame(bids=[(price, qty)], asks=[(price, qty)])).numbers()
+    assert numbers is not None and numbers.scale == decimals
+    assert numbers.bid_prices == numbers.ask_prices == (float(price),)
+    assert numbers.bid_quantities == numbers.ask_quantities == (float(qty),)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from models.book import parse_frame
-from models.encoding import EncodedLevels, decode_column, encode_levels
-from tests.factories import RECEIVED_NS, depth_samples
+from models.encoding import EncodedLevels, decode_column, encode_levels, encode_uniform
+from models.errors import MalformedPayloadError
+from tests.factories import RECEIVED_NS, depth_samples, make_frame
 
 pytestmark = pytest.mark.unit
 
@@ -153,3 +154,46 @@ def test_non_canonical_values_are_kept_as_sent(values: list[str]) -> None:
 def test_anything_else_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="not a plain decimal"):
         encode_levels(["1.5", bad], ["1.0", "1.0"], [], [])
+
+
+# --- encode_uniform: what parse_frame already checked is not checked again ----------------------------------------
+
+
+@settings(max_examples=1000, deadline=None)
+@given(uniform_books())
+def test_encode_uniform_is_encode_levels_for_uniform_books(case: tuple[int, Columns]) -> None:
+    scale, cols = case
+    if any(cols):
+        assert encode_uniform(*cols, scale=scale) == encode_levels(*cols)
+
+
+@settings(max_examples=300, deadline=None)
+@given(uniform_books(zero_quantities=False))
+def test_parsed_books_carry_the_scale_encode_uniform_needs(case: tuple[int, Columns]) -> None:
+    _, (bp, bq, ap, aq) = case
+    frame = make_frame(bids=list(zip(bp, bq, strict=True)), asks=list(zip(ap, aq, strict=True)))
+    try:
+        book = parse_frame(frame, received_ns=RECEIVED_NS)
+    except MalformedPayloadError:  # a zero price, or two prices float() ties in the wrong exact order
+        assume(False)
+    numbers = book.numbers()
+    assert numbers is not None
+    expected = encode_levels(bp, bq, ap, aq)
+    assert numbers.scale == expected.scale
+    if numbers.scale is not None:
+        assert encode_uniform(bp, bq, ap, aq, scale=numbers.scale) == expected
+
+
+@pytest.mark.parametrize(
+    "cols",
+    [
+        (["3.00"], ["0.00"], ["2.50"], ["1.00"]),  # a zero quantity: the trailing zeros come from the others
+        (["300"], ["0"], ["400"], ["1000"]),
+        (["1" + "0" * 40], ["1" + "0" * 39], [], []),  # more trailing zeros than the text path counts
+        (["10.10"], ["20.00"], ["10.20"], ["0.10"]),
+    ],
+)
+def test_encode_uniform_edge_columns(cols: Columns) -> None:
+    expected = round_trip(*cols)
+    assert expected.scale is not None
+    assert encode_uniform(*cols, scale=expected.scale) == expected

@@ -348,3 +348,37 @@ def test_closed_range_properties(now_s: float, window_s: int, grace_s: float, lo
     assert hi <= now_s - grace_s < hi + window_s  # every closed window, and no open one
     if lo < hi:
         assert lo <= from_s < lo + window_s  # starts with the window holding from_s
+
+
+# --- floats from the parser ---------------------------------------------------------------------------------------
+
+
+def _loop_vwap(prices: tuple[str, ...], qtys: tuple[str, ...]) -> float | None:
+    """The VWAP as it was computed before the parser handed its floats on: one float() per value, a loop."""
+    if not prices:
+        return None
+    notional = volume = 0.0
+    for p, q in zip(prices, qtys, strict=True):
+        notional += float(p) * float(q)
+        volume += float(q)
+    return notional / volume
+
+
+@pytest.mark.parametrize("raw", [*depth_samples(), make_frame(), make_frame(bids=[], asks=[("1.5", "2")])])
+def test_metrics_of_a_parsed_book_are_bit_for_bit_those_of_its_strings(raw: str) -> None:
+    parsed = parse_frame(raw, received_ns=RECEIVED_NS)
+    assert parsed.numbers() is not None
+    plain = make_book(
+        bids=list(zip(parsed.bid_prices, parsed.bid_quantities, strict=True)),
+        asks=list(zip(parsed.ask_prices, parsed.ask_quantities, strict=True)),
+    )
+    assert plain.numbers() is None
+    m = book_metrics(parsed)
+    assert m == book_metrics(plain)
+    assert m.bid_vwap == _loop_vwap(parsed.bid_prices, parsed.bid_quantities)
+    assert m.ask_vwap == _loop_vwap(parsed.ask_prices, parsed.ask_quantities)
+
+
+def test_vwap_refuses_sides_of_different_lengths() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        vwap(["1", "2"], ["1"])

@@ -11,6 +11,7 @@ import pytest
 from feed import broker
 from workers import outbox
 from workers.deliveries import Tries
+from workers.outbox import _loads
 
 pytestmark = pytest.mark.unit
 
@@ -72,3 +73,21 @@ def test_tries_travel_in_the_outbox_meta() -> None:
     assert outbox._tries("12 3 1") == Tries(outage=3, poison=1)
     assert outbox._tries("") == Tries()
     assert outbox._tries("12 x 1") == Tries()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"v":1,"batch_id":"b","exchange":"binance","frames":[[1700000000000000000,"{\\"stream\\":\\"x\\"}"]]}',
+        b'{"v":1,"frames":[[1,"\\ud800 lone surrogate"]]}',  # orjson refuses it, json reads it
+        b'{"v":1,"frames":[[NaN,"x"]]}',
+        '{"v":1,"exchange":"binance","frames":[]}',
+    ],
+)
+def test_payloads_read_as_json_reads_them(raw: bytes | str) -> None:
+    assert _loads(raw) == json.loads(raw) or repr(_loads(raw)) == repr(json.loads(raw))  # NaN != NaN
+
+
+def test_a_payload_that_is_not_json_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        _loads(b"{not json")

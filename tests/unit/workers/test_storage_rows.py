@@ -246,3 +246,18 @@ def test_ns_to_timestamp_ignores_the_local_timezone(monkeypatch: pytest.MonkeyPa
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+@pytest.mark.parametrize("raw", depth_samples())
+def test_rows_of_parsed_books_are_those_of_their_strings(raw: str) -> None:
+    # A parsed book is encoded without checking its values again (models.encoding.encode_uniform): same text.
+    parsed = parse_frame(raw, received_ns=RECEIVED_NS)
+    assert parsed.numbers() is not None and parsed.numbers().scale is not None  # type: ignore[union-attr]
+    plain = make_book(
+        bids=list(zip(parsed.bid_prices, parsed.bid_quantities, strict=True)),
+        asks=list(zip(parsed.ask_prices, parsed.ask_quantities, strict=True)),
+        last_update_id=parsed.last_update_id,
+        symbol=parsed.symbol,
+        depth=parsed.depth,
+    )
+    assert row_of(parsed) == row_of(plain)

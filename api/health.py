@@ -18,6 +18,7 @@ import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from models.outbox import OutboxKeys
 from models.settings import Settings
 from models.vocabulary import QUEUES
 
@@ -59,12 +60,13 @@ class RedisKeys:
 
 
 def redis_keys(prefix: str = "") -> RedisKeys:
-    """The names workers.outbox.OutboxKeys gives (`<prefix>bookfeed:outbox:payload`, `…:seq`, `<prefix>unacked`)
+    """The outbox's keys (models.outbox.OutboxKeys: `<prefix>bookfeed:outbox:payload`, `…:seq`, `<prefix>unacked`)
     and the queues' lists (`<prefix>ingest`, `<prefix>metrics`)."""
+    keys = OutboxKeys(prefix)
     return RedisKeys(
-        payload=f"{prefix}bookfeed:outbox:payload",
-        seq=f"{prefix}bookfeed:outbox:seq",
-        unacked=f"{prefix}unacked",
+        payload=keys.payload,
+        seq=keys.seq,
+        unacked=keys.unacked,
         queues=tuple(prefix + q for q in QUEUES),
     )
 

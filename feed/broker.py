@@ -2,37 +2,31 @@
 its payload once in Redis, and a task message carrying only a reference, by name: the feed never imports worker code),
 and the Redis memory probe behind the high-water hold.
 
-The outbox's layout and its guarantees are described in workers/outbox.py, which holds the same ENQUEUE_LUA and the
-same message builder; tests/unit/workers/test_outbox.py keeps the two copies equal."""
+The outbox's layout and its guarantees are described in workers/outbox.py; its keys, enqueue script and message
+builder, shared with the workers, are in models/outbox.py."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 from celery import Celery
 
 from models.messages import transport_options
-from models.vocabulary import INGEST_QUEUE, INGEST_TASK
+from models.outbox import ENQUEUE_LUA, FIRST_DELIVERY, OutboxKeys, message_parts
 
 if TYPE_CHECKING:
     from feed.outage import PendingBatch
 
 __all__ = [
-    "ENQUEUE_LUA",
-    "SEQ_MARK",
     "CelerySender",
     "HighWater",
     "broker_app",
     "make_celery_sender",
-    "message_parts",
-    "outbox_keys",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,87 +52,6 @@ def broker_app(redis_url: str, *, key_prefix: str = "", name: str = "bookfeed-fe
     return app
 
 
-# The same script as workers.outbox.ENQUEUE_LUA (see there).
-ENQUEUE_LUA = """
-local id = ARGV[1]
-if ARGV[2] ~= '' then
-  if redis.call('HEXISTS', KEYS[1], id) == 1 then return 0 end
-  redis.call('HSET', KEYS[1], id, ARGV[2])
-elseif redis.call('HEXISTS', KEYS[1], id) == 0 then
-  return -1
-elseif ARGV[3] ~= '' and tonumber(redis.call('ZSCORE', KEYS[2], id)) ~= tonumber(ARGV[3]) then
-  return -2
-end
-local seq = redis.call('INCR', KEYS[4])
-local s = string.format('%d', seq)
-local parts = {ARGV[6]}
-for i = 7, #ARGV do
-  parts[#parts + 1] = s
-  parts[#parts + 1] = ARGV[i]
-end
-redis.call('ZADD', KEYS[2], seq, id)
-redis.call('HSET', KEYS[3], id, s .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
-redis.call('LPUSH', KEYS[5], table.concat(parts))
-return seq
-"""
-SEQ_MARK = 9_007_199_254_740_993  # workers.outbox.SEQ_MARK
-
-
-def outbox_keys(key_prefix: str = "") -> list[str]:
-    """KEYS of ENQUEUE_LUA: the outbox's payload hash, seq zset, meta hash, counter, and the ingest queue."""
-    base = f"{key_prefix}bookfeed:outbox:"
-    return [base + "payload", base + "seq", base + "meta", base + "counter", key_prefix + INGEST_QUEUE]
-
-
-def message_parts(*, batch_id: str, task_id: str, origin: str = "") -> list[str]:
-    """workers.outbox.message_parts of a first delivery (no retries, no ETA): the task message, split where its
-    sequence number goes. Raises ValueError for a batch id that holds SEQ_MARK's digits."""
-    ref = {"batch_id": batch_id, "seq": SEQ_MARK}
-    kwargs = {"outage_retries": 0, "poison_retries": 0}
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": INGEST_TASK,
-        "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": repr([ref]),
-        "kwargsrepr": repr(kwargs),
-        "origin": origin or f"gen{os.getpid()}@{socket.gethostname()}",
-        "ignore_result": False,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-        "bookfeed_outbox": batch_id,
-    }
-    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    message = {
-        "body": json.dumps([[ref], kwargs, embed]),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": INGEST_QUEUE},
-            "priority": 0,
-            "body_encoding": None,
-            "delivery_tag": f"{batch_id}#{SEQ_MARK}",
-        },
-    }
-    parts = json.dumps(message).split(str(SEQ_MARK))
-    if len(parts) != 4:
-        raise ValueError(f"batch id {batch_id[:80]!r} cannot be enqueued by reference")
-    return parts
-
-
 class CelerySender:
     """A `send` for Publisher: each batch into the outbox, its payload once in Redis and a `bookfeed.ingest_batch`
     task carrying `{"batch_id", "seq"}`, in one script (so a publish is whole or absent; one repeated after a lost
@@ -146,12 +59,12 @@ class CelerySender:
 
     def __init__(self, redis_url: str, *, key_prefix: str = "") -> None:
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=3)
-        self._keys = outbox_keys(key_prefix)
+        self._keys = OutboxKeys(key_prefix).enqueue_keys()
 
     def __call__(self, pending: PendingBatch) -> None:
         batch = pending.batch
         batch_id = batch["batch_id"]
-        parts = message_parts(batch_id=batch_id, task_id=str(uuid.uuid4()))
+        parts = message_parts(batch_id=batch_id, task_id=str(uuid.uuid4()), kwargs=FIRST_DELIVERY)
         payload = json.dumps(batch, separators=(",", ":"))
         seq = self.redis.eval(ENQUEUE_LUA, 5, *self._keys, batch_id, payload, "", 0, 0, *parts)
         if not seq:

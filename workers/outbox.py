@@ -14,8 +14,8 @@ between two reaper passes `grace_s` apart, it was lost: the reaper enqueues it a
 the queue on a visibility timeout, a worker's shutdown or a lost pool process; `install_restore_hook` gives its batch
 a new sequence number in the same transaction, so a message waiting in the queue is never taken for a lost one.
 
-The scripts are in workers/outbox_lua.py. feed/broker.py holds the feed's copy of ENQUEUE_LUA and of the message
-builder (the feed imports no worker code); tests/unit/workers/test_outbox.py keeps the two equal.
+The scripts are in workers/outbox_lua.py, except the one enqueue script, which the feed shares: it lives with the
+keys and the message builder in models/outbox.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -37,9 +36,9 @@ from kombu.transport import redis as kombu_redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from models.errors import ConfigError
-from models.vocabulary import INGEST_QUEUE, INGEST_TASK
+from models.outbox import ENQUEUE_LUA, SEQ_MARK, OutboxKeys, message_parts
 from workers.deliveries import DAY_S, Tries, delivery_key
-from workers.outbox_lua import COMPLETE_LUA, DELIVER_LUA, ENQUEUE_LUA, REAP_LUA, RESEQUENCE_LUA
+from workers.outbox_lua import COMPLETE_LUA, DELIVER_LUA, REAP_LUA, RESEQUENCE_LUA
 
 __all__ = [
     "ENQUEUE_LUA",
@@ -60,64 +59,7 @@ logger = logging.getLogger(__name__)
 
 REAP_GRACE_S = 30.0  # a batch is re-enqueued once it looked lost in two reaper passes this far apart
 REAP_LIMIT = 1000  # outbox entries one reaper pass looks at (the next pass goes on from there)
-# Where a message's sequence number goes, until the enqueue script writes the real one: 2**53 + 1 is no sequence
-# number, and no batch id, task id or tag of ours holds a 16-digit run.
-SEQ_MARK = 9_007_199_254_740_993
-_SEQ_MARKS = 3  # the task's argument, its repr in the headers (Flower), the delivery tag
 _HOOK = "_bookfeed_outbox_restore"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxKeys:
-    """The Redis keys of one deployment (its broker key prefix)."""
-
-    prefix: str = ""
-
-    def _k(self, name: str) -> str:
-        return f"{self.prefix}bookfeed:outbox:{name}"
-
-    @property
-    def payload(self) -> str:
-        return self._k("payload")
-
-    @property
-    def seq(self) -> str:
-        return self._k("seq")
-
-    @property
-    def meta(self) -> str:
-        return self._k("meta")
-
-    @property
-    def counter(self) -> str:
-        return self._k("counter")
-
-    @property
-    def delivered(self) -> str:
-        return self._k("delivered")
-
-    @property
-    def suspects(self) -> str:
-        return self._k("suspects")
-
-    @property
-    def cursor(self) -> str:
-        return self._k("cursor")
-
-    @property
-    def reaped(self) -> str:
-        return self._k("reaped")
-
-    @property
-    def queue(self) -> str:
-        return self.prefix + INGEST_QUEUE
-
-    @property
-    def unacked(self) -> str:
-        return self.prefix + "unacked"  # kombu's Redis transport: messages delivered and not yet acknowledged
-
-    def enqueue_keys(self) -> list[str]:
-        return [self.payload, self.seq, self.meta, self.counter, self.queue]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,63 +85,6 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, OutOfMemoryError):
         return True
     return isinstance(exc, ResponseError) and ("OOM" in str(exc)[:8] or "maxmemory" in str(exc))
-
-
-def message_parts(
-    *,
-    batch_id: str,
-    task_id: str,
-    kwargs: dict[str, int],
-    retries: int = 0,
-    eta: str | None = None,
-    origin: str = "",
-) -> list[str]:
-    """The kombu Redis message of one `bookfeed.ingest_batch` task (Celery protocol 2, JSON, body not base64) whose
-    argument is `{"batch_id": ..., "seq": N}`, split where N goes (ENQUEUE_LUA joins the parts around the number it
-    takes). Raises ValueError for a batch id that holds SEQ_MARK's digits."""
-    ref = {"batch_id": batch_id, "seq": SEQ_MARK}
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": INGEST_TASK,
-        "id": task_id,
-        "shadow": None,
-        "eta": eta,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": retries,
-        "timelimit": [None, None],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": repr([ref]),
-        "kwargsrepr": repr(kwargs),
-        "origin": origin or f"gen{os.getpid()}@{socket.gethostname()}",
-        "ignore_result": False,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-        "bookfeed_outbox": batch_id,  # read by the restore hook
-    }
-    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    message = {
-        "body": json.dumps([[ref], kwargs, embed]),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": INGEST_QUEUE},
-            "priority": 0,
-            "body_encoding": None,
-            "delivery_tag": f"{batch_id}#{SEQ_MARK}",
-        },
-    }
-    parts = json.dumps(message).split(str(SEQ_MARK))
-    if len(parts) != _SEQ_MARKS + 1:
-        raise ValueError(f"batch id {batch_id[:80]!r} cannot be enqueued by reference")
-    return parts
 
 
 @dataclass(frozen=True, slots=True)

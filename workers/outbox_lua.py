@@ -1,38 +1,12 @@
 """The outbox's Lua scripts (see workers/outbox.py for the layout they keep). Each runs atomically in Redis; at its
 memory limit Redis refuses a script at its first write that may grow memory, before anything is written.
 
-KEYS and ARGV are documented above each script; feed/broker.py holds the feed's copy of ENQUEUE_LUA."""
+KEYS and ARGV are documented above each script; the enqueue script, shared with the feed, is in models/outbox.py."""
 
 from __future__ import annotations
 
-__all__ = ["COMPLETE_LUA", "DELIVER_LUA", "ENQUEUE_LUA", "REAP_LUA", "RESEQUENCE_LUA"]
+__all__ = ["COMPLETE_LUA", "DELIVER_LUA", "REAP_LUA", "RESEQUENCE_LUA"]
 
-# The one enqueue: a new batch (payload given), or a batch already in the outbox again (payload ''), only if its
-# sequence is still ARGV[3] when that is given. 0: published before; -1: completed meanwhile; -2: moved meanwhile.
-# KEYS: payload, seq, meta, counter, queue. ARGV: batch id, payload or '', expected seq or '', outage retries, poison
-# retries, then the message's parts (workers.outbox.message_parts), joined around the new sequence number.
-ENQUEUE_LUA = """
-local id = ARGV[1]
-if ARGV[2] ~= '' then
-  if redis.call('HEXISTS', KEYS[1], id) == 1 then return 0 end
-  redis.call('HSET', KEYS[1], id, ARGV[2])
-elseif redis.call('HEXISTS', KEYS[1], id) == 0 then
-  return -1
-elseif ARGV[3] ~= '' and tonumber(redis.call('ZSCORE', KEYS[2], id)) ~= tonumber(ARGV[3]) then
-  return -2
-end
-local seq = redis.call('INCR', KEYS[4])
-local s = string.format('%d', seq)
-local parts = {ARGV[6]}
-for i = 7, #ARGV do
-  parts[#parts + 1] = s
-  parts[#parts + 1] = ARGV[i]
-end
-redis.call('ZADD', KEYS[2], seq, id)
-redis.call('HSET', KEYS[3], id, s .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
-redis.call('LPUSH', KEYS[5], table.concat(parts))
-return seq
-"""
 
 # A worker starts a message: raise the delivered mark, count the delivery, read the payload (false: completed).
 # KEYS: payload, delivered, the batch's deliveries counter. ARGV: batch id, message seq, counter TTL (s).

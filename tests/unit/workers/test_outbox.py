@@ -1,5 +1,5 @@
-"""workers.outbox without Redis: the feed's copy of the enqueue script and message builder equals the workers' one,
-task arguments that are references, and the message as a worker's Celery reads it."""
+"""workers.outbox without Redis: the first message of a batch is what a worker's first delivery counts from, task
+arguments that are references, and the message as a worker's Celery reads it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from feed import broker
+from models.outbox import FIRST_DELIVERY
 from workers import outbox
 from workers.deliveries import Tries
 from workers.outbox import _loads
@@ -16,13 +16,8 @@ from workers.outbox import _loads
 pytestmark = pytest.mark.unit
 
 
-def test_the_feed_and_the_workers_enqueue_the_same_way() -> None:
-    assert broker.ENQUEUE_LUA == outbox.ENQUEUE_LUA
-    assert broker.SEQ_MARK == outbox.SEQ_MARK
-    assert broker.outbox_keys("p:") == outbox.OutboxKeys("p:").enqueue_keys()
-    feed = broker.message_parts(batch_id="f-1", task_id="t", origin="o")
-    workers = outbox.message_parts(batch_id="f-1", task_id="t", kwargs=Tries().as_kwargs(), origin="o")
-    assert feed == workers
+def test_the_feeds_first_message_carries_the_retry_counts_a_first_delivery_starts_from() -> None:
+    assert Tries().as_kwargs() == FIRST_DELIVERY
 
 
 def _joined(parts: list[str], seq: int) -> dict[str, Any]:

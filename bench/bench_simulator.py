@@ -11,13 +11,12 @@ import argparse
 import multiprocessing as mp
 import os
 import signal
-import time
 from multiprocessing.queues import Queue
 from typing import Any
 
 import websocket
 
-from simulator import ServerConfig, SimConfig, build_simulator, serve_until_signal, ws_url
+from simulator import ServerConfig, SimConfig, build_simulator, count_frames, serve_until_signal, ws_url
 
 _STREAMS = ("btcusdt@depth20@100ms", "ethusdt@depth20@100ms", "bnbusdt@depth20@100ms")
 
@@ -30,18 +29,7 @@ def _server(rate: float, ports: Queue[Any]) -> None:
 def _client(url: str, warmup_s: float, duration_s: float, results: Queue[Any]) -> None:
     ws = websocket.create_connection(url, skip_utf8_validation=True, timeout=10)
     try:
-        end_warmup = time.monotonic() + warmup_s
-        while time.monotonic() < end_warmup:
-            ws.recv()
-        frames = size = 0
-        start = time.monotonic()
-        deadline = start + duration_s
-        while True:
-            size += len(ws.recv())
-            frames += 1
-            if frames % 256 == 0 and time.monotonic() >= deadline:
-                break
-        results.put((frames, size, time.monotonic() - start))
+        results.put(count_frames(ws, warmup_s=warmup_s, duration_s=duration_s))
     finally:
         ws.close()
 

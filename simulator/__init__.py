@@ -12,9 +12,9 @@ Modules, in import order: ``market`` (symbols, books), ``faults`` (fault setting
 (Binance stream names, URL paths, JSON methods, frames), ``limits`` (Binance's connection limits, violations),
 ``session`` (one connection, connection rules, counters), ``server`` (websocket server), ``broadcast`` (one timer
 wheel: each stream's frame built once, sent to every subscriber), ``control`` (fault controls, HTTP routes),
-``recording`` (record, replay), ``runtime`` (assembly, threads), ``commands`` (CLI); ``loadcheck`` (``python -m
-simulator.loadcheck``: frames/s and CPU at scale) stands apart. Import from this package only: its ``__all__`` is
-the public API.
+``recording`` (record, replay), ``runtime`` (assembly, threads), ``commands`` (CLI), ``probe`` (a counting
+client); ``loadcheck`` (``python -m simulator.loadcheck``: frames/s and CPU at scale) stands apart. Import from
+this package only: its ``__all__`` is the public API.
 """
 
 from simulator.commands import register_commands
@@ -29,6 +29,7 @@ from simulator.market import (
     make_spec,
     random_symbol_names,
 )
+from simulator.probe import count_frames
 from simulator.protocol import DepthStream, Outcome, WsPath, handle_request, parse_stream, parse_ws_path, ws_url
 from simulator.recording import (
     RecordedFrame,
@@ -82,6 +83,7 @@ __all__ = [
     "build_replayer",
     "build_simulator",
     "choose_fault",
+    "count_frames",
     "exchange_info",
     "faulty_payload",
     "handle_request",

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import websocket
 
+from simulator.probe import count_frames
 from simulator.runtime import SimConfig, build_simulator, serve_until_signal
 from simulator.session import ServerConfig
 
@@ -41,18 +42,7 @@ def _client(url: str, streams: list[str], warmup_s: float, duration_s: float, re
         for i in range(0, len(streams), _CHUNK):
             ws.send(orjson.dumps({"method": "SUBSCRIBE", "params": streams[i : i + _CHUNK], "id": i}).decode())
             time.sleep(0.25)  # Binance (and the simulator) allow 5 incoming messages per second
-        end_warmup = time.monotonic() + warmup_s
-        while time.monotonic() < end_warmup:
-            ws.recv()
-        frames = size = 0
-        start = time.monotonic()
-        deadline = start + duration_s
-        while True:
-            size += len(ws.recv())
-            frames += 1
-            if frames % 128 == 0 and time.monotonic() >= deadline:
-                break
-        results.put((frames, size, time.monotonic() - start))
+        results.put(count_frames(ws, warmup_s=warmup_s, duration_s=duration_s))
     finally:
         ws.close()
 

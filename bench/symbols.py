@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, text
 from feed.service import read_feed_stats
 from feed.universe import fetch_exchange_info, parse_exchange_info, shard_of
 from models.vocabulary import parse_stream_name
-from simulator import SymbolBook, make_spec
+from simulator import update_ids
 from stack.embedded import start_servers
 from stack.harness import (
     Harness,
@@ -402,7 +402,7 @@ def scenario_rotation(run: Run, duration: int = 300) -> None:
                 "SELECT last_update_id FROM order_books WHERE symbol = :s ORDER BY last_update_id", s=symbol
             )
         ]
-        sent = _book_ids(symbol, ids[0], ids[-1]) if ids else []
+        sent = update_ids(symbol, seed=ROTATION_SEED, first=ids[0], last=ids[-1]) if ids else []
         missing, twice = sorted(set(sent) - set(ids)), len(ids) - len(set(ids))
         print(
             f"  {symbol}: stored {len(ids)}, sent between the first and last stored {len(sent)}, missing "
@@ -419,18 +419,6 @@ def scenario_rotation(run: Run, duration: int = 300) -> None:
     reasons = {str(r) for (r,) in run.query("SELECT DISTINCT reason FROM feed_gaps")}
     run.check("feed_gaps holds no rotation gap (only started/stopped)", reasons <= STARTED_STOPPED)
     run.check("the simulator ended connections at least 4 times each", _sim_stats(port)["connections_total"] >= 3 * 5)
-
-
-def _book_ids(symbol: str, first: int, last: int) -> list[int]:
-    """The lastUpdateIds the simulator's book of `symbol` takes from `first` to `last` (each one is sent)."""
-    book = SymbolBook(make_spec(symbol, seed=ROTATION_SEED), seed=ROTATION_SEED)
-    while book.last_update_id < first:
-        book.advance()
-    ids = []
-    while book.last_update_id <= last:
-        ids.append(book.last_update_id)
-        book.advance()
-    return ids
 
 
 SCENARIOS: dict[str, Callable[[Run], None]] = {

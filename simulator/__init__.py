@@ -28,6 +28,7 @@ from simulator.market import (
     exchange_info,
     make_spec,
     random_symbol_names,
+    update_ids,
 )
 from simulator.probe import count_frames
 from simulator.protocol import DepthStream, Outcome, WsPath, handle_request, parse_stream, parse_ws_path, ws_url
@@ -96,5 +97,6 @@ __all__ = [
     "register_commands",
     "replay_items",
     "serve_until_signal",
+    "update_ids",
     "ws_url",
 ]

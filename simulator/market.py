@@ -331,6 +331,19 @@ def book_at(spec: SymbolSpec, *, seed: int, n: int) -> SymbolBook:
     return book
 
 
+def update_ids(symbol: str, *, seed: int, first: int, last: int) -> list[int]:
+    """The ``lastUpdateId``s the book of ``symbol`` takes for ``seed`` from ``first`` to ``last``: each one is sent
+    (once per connection subscribed to it), since a book only moves when its stream is sent."""
+    book = SymbolBook(make_spec(symbol, seed=seed), seed=seed)
+    while book.last_update_id < first:
+        book.advance()
+    ids = []
+    while book.last_update_id <= last:
+        ids.append(book.last_update_id)
+        book.advance()
+    return ids
+
+
 class Market:
     """The books of all simulated symbols, shared by every connection and created on first use.
 

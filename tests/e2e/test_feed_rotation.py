@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from feed.service import run_feed
 from models.settings import Settings
-from simulator import ServerConfig, SimConfig, SimulatorThread, SymbolBook, make_spec
+from simulator import ServerConfig, SimConfig, SimulatorThread, update_ids
 from tests.services import wait_for
 from workers.audit import check_ledger, duplicated_books, read_ledger
 
@@ -28,19 +28,6 @@ def _stored_ids(db: Engine, symbol: str) -> list[int]:
     with db.connect() as conn:
         q = text("SELECT last_update_id FROM book_snapshots WHERE symbol = :s ORDER BY last_update_id")
         return [int(i) for i in conn.execute(q, {"s": symbol}).scalars()]
-
-
-def _book_ids(symbol: str, first: int, last: int) -> list[int]:
-    """The lastUpdateIds the simulator's book of `symbol` took from `first` to `last`: each one was sent (once per
-    connection subscribed to it), since the book only moves when its stream is sent."""
-    book = SymbolBook(make_spec(symbol, seed=SEED), seed=SEED)
-    while book.last_update_id < first:
-        book.advance()
-    ids = []
-    while book.last_update_id <= last:
-        ids.append(book.last_update_id)
-        book.advance()
-    return ids
 
 
 def test_rotations_store_every_frame_once_and_record_no_gap(
@@ -74,7 +61,8 @@ def test_rotations_store_every_frame_once_and_record_no_gap(
     for symbol in SYMBOLS:
         stored = _stored_ids(clean_db, symbol)
         assert len(stored) > 200  # ten a second for 30 s, less the start
-        assert stored == _book_ids(symbol, stored[0], stored[-1])  # none missing in between, none twice
+        # None missing in between, none twice.
+        assert stored == update_ids(symbol, seed=SEED, first=stored[0], last=stored[-1])
     with clean_db.connect() as conn:
         reasons = set(conn.execute(text("SELECT reason FROM feed_gaps")).scalars())
     assert reasons <= {"feed started", "feed restarted", "feed stopped"}

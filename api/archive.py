@@ -5,6 +5,7 @@ Read-only: never writes or deletes anything in the archive."""
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
@@ -104,55 +105,54 @@ class ArchiveReader:
         with self.fs.open_input_file(path) as f:
             return int(pq.ParquetFile(f).metadata.num_rows)
 
-    def iter_rows(self, day: date, symbol: str) -> Iterator[ColdRow]:
-        """One symbol's books of a day, in (received_at, last_update_id) order as written."""
+    @contextlib.contextmanager
+    def _day_file(self, day: date, symbol: str) -> Iterator[pq.ParquetFile | None]:
+        """One symbol's file of a day, open (None when there is no such file); a file that cannot be read is an
+        ArchiveError."""
         path = self._path(book_path(day, symbol))
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            return
         try:
+            if self.fs.get_file_info(path).type != pafs.FileType.File:
+                yield None
+                return
             with self.fs.open_input_file(path) as f:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=_BATCH_ROWS, columns=_COLUMNS):
-                    yield from _rows(batch)
+                yield pq.ParquetFile(f)
         except (OSError, pa.ArrowException) as exc:
             raise ArchiveError(f"cannot read {book_path(day, symbol)} from the archive: {exc}", day=day) from None
+
+    def iter_rows(self, day: date, symbol: str) -> Iterator[ColdRow]:
+        """One symbol's books of a day, in (received_at, last_update_id) order as written."""
+        with self._day_file(day, symbol) as pf:
+            if pf is not None:
+                for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=_COLUMNS):
+                    yield from _rows(batch)
 
     def time_span(self, day: date, symbol: str) -> tuple[datetime, datetime] | None:
         """received_at of the first and the last book in one symbol's file of a day (None: no file, or empty), from
         the footer's statistics (the file is written in time order), else from its received_at column.
         ArchiveError when the file cannot be read."""
-        path = self._path(book_path(day, symbol))
-        try:
-            if self.fs.get_file_info(path).type != pafs.FileType.File:
+        with self._day_file(day, symbol) as pf:
+            if pf is None:
                 return None
-            with self.fs.open_input_file(path) as f:
-                pf = pq.ParquetFile(f)
-                groups = pf.metadata.num_row_groups
-                bounds = [_time_bounds(pf, g) for g in range(groups)]
-                if groups and all(b is not None for b in bounds):
-                    return min(b[0] for b in bounds if b), max(b[1] for b in bounds if b)
-                times = [_utc(t) for t in pf.read(columns=["received_at"]).column(0).to_pylist()]
-                return (min(times), max(times)) if times else None
-        except (OSError, pa.ArrowException) as exc:
-            raise ArchiveError(f"cannot read {book_path(day, symbol)} from the archive: {exc}", day=day) from None
+            groups = pf.metadata.num_row_groups
+            bounds = [_time_bounds(pf, g) for g in range(groups)]
+            if groups and all(b is not None for b in bounds):
+                return min(b[0] for b in bounds if b), max(b[1] for b in bounds if b)
+            times = [_utc(t) for t in pf.read(columns=["received_at"]).column(0).to_pylist()]
+            return (min(times), max(times)) if times else None
 
     def last_at_or_before(self, day: date, symbol: str, at: datetime) -> ColdRow | None:
         """The last book (by received_at, then last_update_id) of one symbol's file of a day received at or before
         `at`, reading one row group (the newest whose statistics start at or before `at`). None when there is none.
         ArchiveError when the file cannot be read."""
-        path = self._path(book_path(day, symbol))
-        try:
-            if self.fs.get_file_info(path).type != pafs.FileType.File:
+        with self._day_file(day, symbol) as pf:
+            if pf is None:
                 return None
-            with self.fs.open_input_file(path) as f:
-                pf = pq.ParquetFile(f)
-                for group in reversed(range(pf.metadata.num_row_groups)):
-                    bounds = _time_bounds(pf, group)
-                    if bounds is not None and bounds[0] > at:
-                        continue
-                    times = [_utc(t) for t in pf.read_row_group(group, columns=["received_at"]).column(0).to_pylist()]
-                    k = bisect.bisect_right(times, at)
-                    if k:  # only that row is turned into Python objects
-                        return next(_rows(pf.read_row_group(group, columns=_COLUMNS).slice(k - 1, 1)))
-        except (OSError, pa.ArrowException) as exc:
-            raise ArchiveError(f"cannot read {book_path(day, symbol)} from the archive: {exc}", day=day) from None
+            for group in reversed(range(pf.metadata.num_row_groups)):
+                bounds = _time_bounds(pf, group)
+                if bounds is not None and bounds[0] > at:
+                    continue
+                times = [_utc(t) for t in pf.read_row_group(group, columns=["received_at"]).column(0).to_pylist()]
+                k = bisect.bisect_right(times, at)
+                if k:  # only that row is turned into Python objects
+                    return next(_rows(pf.read_row_group(group, columns=_COLUMNS).slice(k - 1, 1)))
         return None

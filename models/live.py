@@ -14,9 +14,10 @@ from decimal import Decimal
 from typing import Any
 
 from models.book import BookSnapshot
+from models.columnar import Columns
 from models.metrics import BookMetrics
 
-__all__ = ["LIVE_CHANNEL", "live_channel", "live_item", "ns_to_rfc3339", "rfc3339"]
+__all__ = ["LIVE_CHANNEL", "live_channel", "live_item", "live_items", "ns_to_rfc3339", "rfc3339"]
 
 LIVE_CHANNEL = "bookfeed:live"
 
@@ -58,3 +59,45 @@ def live_item(exchange: str, book: BookSnapshot, metrics: BookMetrics) -> dict[s
         "price": metrics.price,
         "crossed": metrics.crossed,
     }
+
+
+def _scaled(v: int, scale: int) -> str:
+    """The decimal text of v * 10^-scale with `scale` decimals, as format(Decimal, "f") writes it."""
+    digits = str(abs(v)).rjust(scale + 1, "0")
+    text = f"{digits[:-scale]}.{digits[-scale:]}" if scale else digits
+    return "-" + text if v < 0 else text
+
+
+def live_items(exchange: str, cols: Columns) -> list[dict[str, Any]]:
+    """`live_item` of each book the batch fast path took (models.columnar): the same items."""
+    rows = zip(
+        cols.symbol.to_pylist(),
+        cols.received_ns.tolist(),
+        cols.last_update_id.tolist(),
+        cols.depth.tolist(),
+        cols.scale.tolist(),
+        cols.best_bid.tolist(),
+        cols.best_ask.tolist(),
+        cols.bid_vwap.tolist(),
+        cols.ask_vwap.tolist(),
+        cols.price.tolist(),
+        cols.crossed.tolist(),
+        strict=True,
+    )
+    return [
+        {
+            "exchange": exchange,
+            "symbol": symbol,
+            "received_at": ns_to_rfc3339(ns),
+            "last_update_id": luid,
+            "depth": depth,
+            "best_bid": _scaled(bid, scale),
+            "best_ask": _scaled(ask, scale),
+            "spread": _scaled(ask - bid, scale),
+            "bid_vwap": bid_vwap,
+            "ask_vwap": ask_vwap,
+            "price": price,
+            "crossed": crossed,
+        }
+        for symbol, ns, luid, depth, scale, bid, ask, bid_vwap, ask_vwap, price, crossed in rows
+    ]

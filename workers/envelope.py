@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.book import BookSnapshot, parse_frame
+from models.columnar import Columns, parse_columns
 from models.errors import InvalidBookError
 from models.messages import PAYLOAD_VERSION
 from models.metrics import BookMetrics, book_metrics
@@ -35,10 +36,22 @@ UNKNOWN_EXCHANGE = "unknown"
 class ParsedBatch:
     batch_id: str
     exchange: str
-    books: list[tuple[BookSnapshot, BookMetrics]]
-    raws: list[str]  # the frame text of each book, for the rare book PostgreSQL refuses
+    books: list[tuple[BookSnapshot, BookMetrics]]  # what the per-frame path parsed
+    raws: list[str]  # the frame text of each of `books`, for the rare book PostgreSQL refuses
     rejected: list[Rejected]
     gaps: list[GapRow] = field(default_factory=list)
+    columns: Columns | None = None  # what the batch fast path took (models.columnar), besides `books`
+
+    @property
+    def n_books(self) -> int:
+        return len(self.books) + (len(self.columns) if self.columns is not None else 0)
+
+    def received_ns(self) -> list[int]:
+        """The receive time of every book, both paths'."""
+        ns = [b.received_ns for b, _ in self.books]
+        if self.columns is not None:
+            ns.extend(self.columns.received_ns.tolist())
+        return ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +64,7 @@ class RefusedBatch:
     rows: list[Rejected]
 
 
-def parse_batch(payload: Any) -> ParsedBatch:
+def parse_batch(payload: Any, *, fast: bool = True) -> ParsedBatch:
     """Validate the batch envelope field by field, then each frame.
 
     A frame item that is not ``[received_ns, raw text]`` with ``received_ns`` an int in [1970, 10000), or whose text
@@ -60,7 +73,8 @@ def parse_batch(payload: Any) -> ParsedBatch:
     derived from the payload, so a redelivery is still recognised. Raises InvalidBookError only when the payload is
     not a version-1 batch object or names an exchange outside models.messages.EXCHANGES: that batch is refused whole
     (its frames are recorded by `workers.ingest.reject_batch`), since storing its books would forge another venue's
-    data.
+    data. `fast` lets models.columnar take the frames it can (the same books, metrics and encoding, in columns);
+    without it every frame goes through models.book.parse_frame, one by one.
     """
     if not isinstance(payload, dict) or type(payload.get("v")) is not int or payload["v"] != PAYLOAD_VERSION:
         raise InvalidBookError(f"batch payload is not version {PAYLOAD_VERSION} of models.messages.Batch")
@@ -71,6 +85,7 @@ def parse_batch(payload: Any) -> ParsedBatch:
     books: list[tuple[BookSnapshot, BookMetrics]] = []
     raws: list[str] = []
     rejected: list[Rejected] = []
+    valid: list[tuple[int, str]] = []
     for item in _items(payload, "frames", rejected, now):
         if not (type(item) is list and len(item) == 2):
             rejected.append(Rejected(now, "batch item is not [received_ns, raw text]", excerpt(item)))
@@ -82,16 +97,27 @@ def parse_batch(payload: Any) -> ParsedBatch:
         elif not _valid_ns(received_ns):
             rejected.append(Rejected(now, f"received_ns {_shown(received_ns, 40)} is not {_NS_RANGE}", raw))
         else:
-            try:
-                book = parse_frame(raw, received_ns=received_ns)
-            except InvalidBookError as exc:
-                rejected.append(Rejected(received_ns, exc.reason, raw))
-                continue
-            books.append((book, book_metrics(book)))
-            raws.append(raw)
+            valid.append((received_ns, raw))
+    columns, one_by_one = parse_columns(valid) if fast and valid else (None, range(len(valid)))
+    for received_ns, raw in (valid[i] for i in one_by_one):
+        try:
+            book = parse_frame(raw, received_ns=received_ns)
+        except InvalidBookError as exc:
+            rejected.append(Rejected(received_ns, exc.reason, raw))
+            continue
+        books.append((book, book_metrics(book)))
+        raws.append(raw)
     rejected.extend(_feed_rejected(_items(payload, "rejected", rejected, now), now))
     gaps = _parse_gaps(payload.get("gaps", []), batch_id)
-    return ParsedBatch(batch_id=batch_id, exchange=exchange, books=books, raws=raws, rejected=rejected, gaps=gaps)
+    return ParsedBatch(
+        batch_id=batch_id,
+        exchange=exchange,
+        books=books,
+        raws=raws,
+        rejected=rejected,
+        gaps=gaps,
+        columns=columns if columns is not None and len(columns) else None,
+    )
 
 
 def refused_rows(payload: Any, *, reason: str) -> RefusedBatch:

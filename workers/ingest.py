@@ -49,14 +49,14 @@ def ingest_batch(engine: Engine, payload: Any, *, frame_by_frame: bool = False) 
     a batch whose books cannot be written together is stored frame by frame, failures going to rejected.
     `frame_by_frame` goes to that path at once (a batch that failed or killed its worker before)."""
     t0 = time.perf_counter()
-    batch = _with_partitions(engine, parse_batch(payload))
+    batch = _with_partitions(engine, parse_batch(payload, fast=not frame_by_frame), payload)
     try:
         counts = _store_one_by_one(engine, batch) if frame_by_frame else _store(engine, batch)
     except TransientStorageError:
         raise
     except StorageError as exc:
         logger.warning("batch %s failed as a whole (%s); storing frame by frame", batch.batch_id, exc)
-        counts = _store_one_by_one(engine, batch)
+        counts = _store_one_by_one(engine, _one_by_one(batch, payload))
     n_books, n_rejected = counts or (0, 0)
     if batch.rejected and counts:
         logger.warning(
@@ -75,10 +75,15 @@ def _days(batch: ParsedBatch) -> set[date]:
     if lo is None or hi is None:
         return set()
     first = _day(lo)
-    return {first} if first == _day(hi) else {_day(b.received_ns) for b, _ in batch.books}
+    return {first} if first == _day(hi) else {_day(ns) for ns in batch.received_ns()}
 
 
-def _with_partitions(engine: Engine, batch: ParsedBatch) -> ParsedBatch:
+def _one_by_one(batch: ParsedBatch, payload: Any) -> ParsedBatch:
+    """`batch` with every book parsed by the per-frame path (for the paths that handle books one by one)."""
+    return batch if batch.columns is None else parse_batch(payload, fast=False)
+
+
+def _with_partitions(engine: Engine, batch: ParsedBatch, payload: Any) -> ParsedBatch:
     """Create the missing daily partitions, one transaction each. The books of a day the partition function refuses
     (too far from now) are rejected with its reason; the rest of the batch is stored. Any other error (a revoked
     grant, a missing function, an outage) propagates, so the batch is retried rather than its books rejected."""
@@ -93,6 +98,7 @@ def _with_partitions(engine: Engine, batch: ParsedBatch) -> ParsedBatch:
         _known_days.add(day)
     if not refused:
         return batch
+    batch = _one_by_one(batch, payload)
     kept = [
         (item, raw)
         for item, raw in zip(batch.books, batch.raws, strict=True)
@@ -108,24 +114,28 @@ def _with_partitions(engine: Engine, batch: ParsedBatch) -> ParsedBatch:
 
 def _bounds(batch: ParsedBatch) -> tuple[int | None, int | None]:
     ns = [b.received_ns for b, _ in batch.books]
+    if batch.columns is not None:
+        ns.extend((int(batch.columns.received_ns.min()), int(batch.columns.received_ns.max())))
     return (min(ns), max(ns)) if ns else (None, None)
 
 
 def _store(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | None:
     """(books, rejected) stored, or None when the batch was stored before."""
     rows = storage.to_rows(batch.books, exchange=batch.exchange)
+    if batch.columns is not None:
+        rows += storage.columns_to_rows(batch.columns, exchange=batch.exchange)
     lo, hi = _bounds(batch)
     with storage.translate_errors(), engine.begin() as conn:
         if not storage.claim_batch(
             conn,
             batch_id=batch.batch_id,
-            n_books=len(batch.books),
+            n_books=batch.n_books,
             n_rejected=len(batch.rejected),
             min_ns=lo,
             max_ns=hi,
         ):
             return None
-        if batch.books:
+        if batch.n_books:
             try:
                 with conn.begin_nested():
                     storage.copy_books(conn, rows)
@@ -134,8 +144,8 @@ def _store(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | None:
                 storage.insert_books_skipping_duplicates(conn, rows)
         storage.insert_rejected(conn, batch.rejected, exchange=batch.exchange, batch_id=batch.batch_id)
         storage.insert_gaps(conn, batch.gaps, exchange=batch.exchange, batch_id=batch.batch_id)
-    live.publish_stored(batch.exchange, batch.books)  # committed: WS /v1/live pushes only stored books
-    return len(batch.books), len(batch.rejected)
+    live.publish_stored(batch.exchange, batch.books, batch.columns)  # committed: WS /v1/live pushes stored books
+    return batch.n_books, len(batch.rejected)
 
 
 def _store_one_by_one(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | None:

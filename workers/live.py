@@ -11,7 +11,8 @@ import orjson
 import redis
 
 from models.book import BookSnapshot
-from models.live import live_channel, live_item
+from models.columnar import Columns
+from models.live import live_channel, live_item, live_items
 from models.metrics import BookMetrics
 
 __all__ = ["LivePublisher", "install", "publish_stored"]
@@ -31,16 +32,22 @@ class LivePublisher:
         """A publisher with its own client; short timeouts, so a Redis in trouble delays a batch by at most ~1 s."""
         return cls(redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0), key_prefix=key_prefix)
 
-    def publish(self, exchange: str, books: Sequence[tuple[BookSnapshot, BookMetrics]]) -> int:
-        """Publish the books of one committed batch; returns the subscribers reached (0 on failure or no books)."""
-        if not books:
+    def publish(
+        self, exchange: str, books: Sequence[tuple[BookSnapshot, BookMetrics]], columns: Columns | None = None
+    ) -> int:
+        """Publish the books of one committed batch (those of both parse paths); returns the subscribers reached
+        (0 on failure or no books)."""
+        items = [live_item(exchange, book, metrics) for book, metrics in books]
+        if columns is not None:
+            items.extend(live_items(exchange, columns))
+        if not items:
             return 0
-        payload = orjson.dumps([live_item(exchange, book, metrics) for book, metrics in books])
+        payload = orjson.dumps(items)
         try:
             return int(self._client.publish(self._channel, payload))
         except redis.RedisError as exc:
             # The books are stored; only their live push is lost.
-            logger.warning("live push of %d book(s) failed: %s", len(books), exc)
+            logger.warning("live push of %d book(s) failed: %s", len(items), exc)
             return 0
 
     def close(self) -> None:
@@ -60,7 +67,9 @@ def install(publisher: LivePublisher | None) -> None:
     _publisher = publisher
 
 
-def publish_stored(exchange: str, books: Sequence[tuple[BookSnapshot, BookMetrics]]) -> None:
+def publish_stored(
+    exchange: str, books: Sequence[tuple[BookSnapshot, BookMetrics]], columns: Columns | None = None
+) -> None:
     """Push the books of a committed batch, when this process has a publisher. Call only after the commit."""
     if _publisher is not None:
-        _publisher.publish(exchange, books)
+        _publisher.publish(exchange, books, columns)

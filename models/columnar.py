@@ -1,0 +1,338 @@
+"""The batch fast path: parse, validate, measure and encode a whole batch of depth frames at once, in columns
+(pyarrow's JSON reader and vectorised numpy), instead of one Python object per price. Pure: no I/O.
+
+It accepts only what `models.book.parse_frame` accepts and gives what the per-frame path gives: the same
+`models.metrics` floats (sums left to right, as `sum()` adds them) and the same `models.encoding` text. Anything it is
+not sure of — malformed JSON, a missing or extra field, an empty side, values of mixed scales, a zero, levels out of
+order, a value of more than 18 digits (an int64 holds it), a frame holding a line break — it leaves to the
+per-frame path by index, which stores the book or rejects it with its reason. tests/unit/models/test_columnar.py
+checks both paths agree, frame by frame, on valid and broken input. Floats come from Arrow's string to float64 cast
+(fast_float: correctly rounded, as float() is; the tests compare the two).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from models.errors import MalformedPayloadError
+from models.vocabulary import MAX_FRAME_BYTES, parse_stream_name
+
+__all__ = ["Columns", "parse_columns"]
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+B = npt.NDArray[np.bool_]
+
+_SCHEMA = pa.schema(
+    [
+        ("stream", pa.string()),
+        (
+            "data",
+            pa.struct(
+                [
+                    ("lastUpdateId", pa.int64()),
+                    ("bids", pa.list_(pa.list_(pa.string()))),
+                    ("asks", pa.list_(pa.list_(pa.string()))),
+                ]
+            ),
+        ),
+    ]
+)
+_PARSE = pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="error")
+_READ = pj.ReadOptions(use_threads=False, block_size=1 << 26)
+# A plain decimal with a point, no sign and no leading zero, of at most 18 digits (an int64 holds it).
+_MAX_CHARS = 19  # 18 digits and the point
+_POW10_I = np.array([10**i for i in range(19)], dtype=np.int64)
+# Frames longer than this many characters may be over MAX_FRAME_BYTES in UTF-8: parse_frame decides.
+_MAX_CHARS_FRAME = MAX_FRAME_BYTES // 4
+_MAX_NS = 2**63  # times past 2262 do not fit an int64 of ns: parse_frame takes them
+_SPLIT = 8  # a batch the reader refuses is read again in this many parts, down to the frames it refuses
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The books the fast path took, one entry per book, in the order of `taken` (indices into the input)."""
+
+    taken: list[int]
+    received_ns: I64
+    symbol: pa.Array  # upper case, as parse_stream_name gives it
+    depth: I64
+    last_update_id: I64
+    scale: I64
+    bid_vwap: F64
+    ask_vwap: F64
+    price: F64
+    crossed: B
+    best_bid: I64  # scaled integers: the first price of each side times 10^scale
+    best_ask: I64
+    levels: tuple[pa.Array, pa.Array, pa.Array, pa.Array]  # models.encoding's text: bid prices, bid qtys, ask ...
+
+    def __len__(self) -> int:
+        return len(self.taken)
+
+
+def parse_columns(frames: Sequence[tuple[int, str]]) -> tuple[Columns, list[int]]:
+    """(what the fast path took, the indices of the frames it leaves to models.book.parse_frame). `frames` are
+    (received_ns, text) with received_ns already checked (an int of ns in [1970, 10000))."""
+    # Only text that starts as an object: pyarrow's reader crashes on a block that starts with `null` (26.0), and a
+    # byte-order mark, which it skips, makes the text invalid JSON for parse_frame.
+    candidates = [
+        i
+        for i, (ns, raw) in enumerate(frames)
+        if raw[:1] == "{" and len(raw) <= _MAX_CHARS_FRAME and "\n" not in raw and "\r" not in raw and ns < _MAX_NS
+    ]
+    tables: list[pa.Table] = []
+    read: list[int] = []
+    _read(frames, candidates, tables, read)
+    if not read:
+        return _empty(), list(range(len(frames)))
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    cols, ok = _columns(table, np.array([frames[i][0] for i in read], dtype=np.int64))
+    taken = [read[i] for i in np.flatnonzero(ok).tolist()]
+    taken_set = set(taken)
+    return replace(cols, taken=taken), [i for i in range(len(frames)) if i not in taken_set]
+
+
+def _read(frames: Sequence[tuple[int, str]], idx: list[int], tables: list[pa.Table], read: list[int]) -> None:
+    """Read the frames `idx` as newline-delimited JSON; on refusal, read them again in parts (a frame refused alone
+    is left out, for the per-frame path)."""
+    if not idx:
+        return
+    try:
+        table = pj.read_json(
+            io.BytesIO("\n".join([frames[i][1] for i in idx]).encode("utf-8")),
+            read_options=_READ,
+            parse_options=_PARSE,
+        )
+    except (pa.ArrowInvalid, UnicodeEncodeError):
+        table = None
+    if table is not None and table.num_rows == len(idx):
+        tables.append(table)
+        read.extend(idx)
+    elif len(idx) > 1:
+        step = -(-len(idx) // _SPLIT)
+        for k in range(0, len(idx), step):
+            _read(frames, idx[k : k + step], tables, read)
+
+
+def _empty() -> Columns:
+    z = np.zeros(0, dtype=np.int64)
+    f = np.zeros(0, dtype=np.float64)
+    s = pa.array([], pa.string())
+    return Columns([], z, s, z, z, z, f, f, f, np.zeros(0, dtype=np.bool_), z, z, (s, s, s, s))
+
+
+def _np(a: Any) -> Any:
+    return a.to_numpy(zero_copy_only=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Side:
+    ok: B  # per book
+    offsets: I64  # per book: where its first level is in prices/qtys (the next book's for a book with none)
+    first: I64  # offsets within bounds: a book with no level points at some other book's level (it is not ok)
+    parent: I64  # per level: its book
+    prices: I64
+    qtys: I64
+    fprices: F64  # float() of each value
+    fqtys: F64
+    scale: I64  # per level
+
+
+def _well_formed(levels: pa.ListArray, n: int) -> B:
+    """Per book: this side is a list of at least one level, each a pair of strings (not null)."""
+    count = _np(pc.fill_null(pc.list_value_length(levels), 0)).astype(np.int64)
+    ok: B = (count >= 1) & _np(levels.is_valid())
+    pairs = levels.flatten()
+    level_parent = _np(pc.list_parent_indices(levels)).astype(np.int64)
+    bad = _np(pc.fill_null(pc.not_equal(pc.list_value_length(pairs), 2), True)).astype(np.bool_)
+    if pairs.flatten().null_count:
+        value_parent = _np(pc.list_parent_indices(pairs)).astype(np.int64)
+        null_value = _np(pairs.flatten().is_null()).astype(np.bool_)
+        bad[value_parent[null_value]] = True
+    ok &= np.bincount(level_parent[bad], minlength=n) == 0
+    return ok
+
+
+def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
+    """The levels of one side of every book (each `_well_formed`), as scaled integers, and which books they leave
+    fit for the fast path."""
+    count = _np(pc.list_value_length(levels)).astype(np.int64)
+    ok = count <= depth
+    values = levels.flatten().flatten()
+    # The grammar, in cheap steps: taking out the point leaves ASCII digits only, exactly one point was taken out,
+    # not in first or last place, a leading zero only right before it, at most 18 digits in all.
+    digits = pc.replace_substring(values, ".", "")
+    length = _np(pc.binary_length(values)).astype(np.int64)
+    point = _np(pc.find_substring(values, ".")).astype(np.int64)
+    scale = length - point - 1
+    fine = (
+        _np(pc.ascii_is_decimal(digits)).astype(np.bool_)
+        & (length - _np(pc.binary_length(digits)) == 1)
+        & (point >= 1)
+        & (scale >= 1)
+        & (length <= _MAX_CHARS)
+        & ~(_np(pc.starts_with(values, "0")).astype(np.bool_) & (point > 1))
+    )
+    ints = np.zeros(len(values), dtype=np.int64)
+    floats = np.zeros(len(values), dtype=np.float64)
+    if fine.all():
+        ints[:] = _np(pc.cast(digits, pa.int64()))
+        floats[:] = _np(pc.cast(values, pa.float64()))
+    else:  # only what the grammar admits; the others' books fail below
+        admitted = pa.array(np.flatnonzero(fine))
+        ints[fine] = _np(pc.cast(digits.take(admitted), pa.int64()))
+        floats[fine] = _np(pc.cast(values.take(admitted), pa.float64()))
+    level_parent = _np(pc.list_parent_indices(levels)).astype(np.int64)
+    offsets = np.asarray(levels.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)[:-1] - levels.offsets[0].as_py()
+    prices, qtys = ints[0::2], ints[1::2]
+    bad_value = ~fine[0::2] | ~fine[1::2] | (prices <= 0) | (qtys <= 0) | (scale[0::2] != scale[1::2])
+    ok &= np.bincount(level_parent[bad_value], minlength=n) == 0
+    first = np.minimum(offsets, max(len(prices) - 1, 0))
+    return _Side(ok, offsets, first, level_parent, prices, qtys, floats[0::2], floats[1::2], scale[0::2])
+
+
+def _columns(table: pa.Table, received_ns: I64) -> tuple[Columns, B]:
+    n = table.num_rows
+    stream = table.column("stream").combine_chunks()
+    data = table.column("data").combine_chunks()
+    luid = _np(pc.fill_null(data.field("lastUpdateId"), -1)).astype(np.int64)
+    ok = _np(stream.is_valid()) & _np(data.is_valid()) & (luid >= 0)
+    # Streams: a few distinct names per batch, each parsed once.
+    names = pc.unique(stream).drop_null()
+    symbols: list[str] = []
+    depths: list[int] = []
+    for name in names.to_pylist():
+        try:
+            parsed = parse_stream_name(name)
+        except MalformedPayloadError:
+            symbols.append("")
+            depths.append(0)  # no depth admits a level: the book is not taken
+        else:
+            symbols.append(parsed.symbol)
+            depths.append(parsed.depth)
+    where = _np(pc.fill_null(pc.index_in(stream, names), 0)).astype(np.int64)
+    if len(names):
+        depth = np.array(depths, dtype=np.int64)[where]
+    else:
+        depth = np.zeros(n, dtype=np.int64)
+        ok[:] = False
+    shaped = ok & _well_formed(data.field("bids"), n) & _well_formed(data.field("asks"), n)
+    if not shaped.all():  # read the well-formed books alone
+        keep = np.flatnonzero(shaped)
+        ok = np.zeros(n, dtype=np.bool_)
+        if not len(keep):
+            return _empty(), ok
+        cols, sub_ok = _columns(table.take(pa.array(keep)), received_ns[keep])
+        ok[keep[sub_ok]] = True
+        return cols, ok
+    bids = _side(data.field("bids"), n, depth)
+    asks = _side(data.field("asks"), n, depth)
+    ok &= bids.ok & asks.ok
+    # One scale per book: every value of both sides has the first bid price's.
+    scale = np.zeros(n, dtype=np.int64)
+    has = np.flatnonzero(ok)
+    scale[has] = bids.scale[bids.offsets[has]]
+    for side in (bids, asks):
+        ok &= np.bincount(side.parent[side.scale != scale[side.parent]], minlength=n) == 0
+    # Strictly ordered levels (bids descending, asks ascending): exact, all values of a book share its scale.
+    for side, sign in ((bids, 1), (asks, -1)):
+        same = side.parent[1:] == side.parent[:-1]
+        wrong = same & (sign * (side.prices[:-1] - side.prices[1:]) <= 0)
+        ok &= np.bincount(side.parent[1:][wrong], minlength=n) == 0
+    keep = np.flatnonzero(ok)
+    if not len(keep):
+        return _empty(), ok
+    bid_vwap, ask_vwap = _vwap(bids, n), _vwap(asks, n)
+    best_bid, best_ask = bids.prices[bids.first], asks.prices[asks.first]
+    sym = pa.array(symbols, pa.string()).take(pa.array(where[keep]))
+    levels = (
+        _encoded(bids, n, keep, descending=True, price=True),
+        _encoded(bids, n, keep, descending=True, price=False),
+        _encoded(asks, n, keep, descending=False, price=True),
+        _encoded(asks, n, keep, descending=False, price=False),
+    )
+    cols = Columns(
+        taken=keep.tolist(),
+        received_ns=received_ns[keep],
+        symbol=sym,
+        depth=depth[keep],
+        last_update_id=luid[keep],
+        scale=scale[keep],
+        bid_vwap=bid_vwap[keep],
+        ask_vwap=ask_vwap[keep],
+        price=((bid_vwap + ask_vwap) / 2.0)[keep],
+        crossed=(best_bid >= best_ask)[keep],
+        best_bid=best_bid[keep],
+        best_ask=best_ask[keep],
+        levels=levels,
+    )
+    return cols, ok
+
+
+def _vwap(side: _Side, n: int) -> F64:
+    """sum(p * q) / sum(q) per book over floats equal to float() of each value, added left to right from the
+    first level, as models.metrics does (x + 0.0 == x, so the padding of shorter books changes nothing)."""
+    p, q = side.fprices, side.fqtys
+    pos = np.arange(len(p)) - side.offsets[side.parent]
+    width = int(pos.max()) + 1 if len(pos) else 1
+    notional = np.zeros((n, width))
+    volume = np.zeros((n, width))
+    notional[side.parent, pos] = p * q
+    volume[side.parent, pos] = q
+    num, den = notional[:, 0].copy(), volume[:, 0].copy()
+    for j in range(1, width):
+        num += notional[:, j]
+        den += volume[:, j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: F64 = num / den
+    return out
+
+
+def _trailing_zeros(v: I64) -> I64:
+    """Decimal trailing zeros of each (positive) value."""
+    tz = np.zeros(len(v), dtype=np.int64)
+    x = v.copy()
+    while True:
+        m = (x % 10 == 0) & (x != 0)
+        if not m.any():
+            return tz
+        tz += m
+        x = np.where(m, x // 10, x)
+
+
+def _encoded(side: _Side, n: int, keep: I64, *, descending: bool, price: bool) -> pa.Array:
+    """models.encoding's column text ("k,v1,v2,...") of the books `keep`."""
+    ints = side.prices if price else side.qtys
+    counts = np.diff(np.append(side.offsets, len(ints)))
+    # The fewest trailing zeros of each book's values (a sentinel past the end serves the books with no level).
+    k = np.minimum.reduceat(np.append(_trailing_zeros(ints), 99), side.offsets)
+    if price:
+        best = ints[side.first][side.parent]
+        values = best - ints if descending else ints - best
+        firsts = side.offsets[counts > 0]
+        values[firsts] = ints[firsts]
+    else:
+        values = ints
+    values = values // _POW10_I[k[side.parent]]
+    # Only the books kept: their levels, in order.
+    sel = np.repeat(keep, counts[keep]) if len(keep) else np.zeros(0, dtype=np.int64)
+    starts = side.offsets[keep]
+    level_idx = (
+        np.arange(len(sel))
+        - np.repeat(np.cumsum(counts[keep]) - counts[keep], counts[keep])
+        + np.repeat(starts, counts[keep])
+    )
+    text = pa.array(values[level_idx]).cast(pa.string())
+    new_offsets = np.concatenate(([0], np.cumsum(counts[keep]))).astype(np.int32)
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(new_offsets), text), ",")
+    return pc.binary_join_element_wise(pa.array(k[keep]).cast(pa.string()), joined, ",")

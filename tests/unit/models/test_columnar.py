@@ -1,0 +1,214 @@
+"""models.columnar, the batch fast path: on any batch, valid or broken, it stores and rejects exactly what the
+per-frame path (models.book.parse_frame + models.metrics + models.encoding) does, with the same reasons, the same
+floats and the same encoded text; and it takes every real-shaped book itself."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.columnar import parse_columns
+from models.messages import make_batch
+from tests.factories import RECEIVED_NS, depth_samples, make_frame
+from tests.unit.models.test_book import BAD_NUMBERS
+from workers import storage
+from workers.envelope import ParsedBatch, parse_batch
+
+pytestmark = pytest.mark.unit
+
+
+def _canonical_rows(text: str) -> list[tuple[Any, ...]]:
+    """COPY lines as comparable values: the time in either UTC spelling, floats as floats (PostgreSQL reads both
+    spellings of one float8 alike)."""
+    out = []
+    for line in text.splitlines():
+        ts, luid, bv, av, price, *rest = line.split("\t")
+        ts = ts.removesuffix("Z").removesuffix("+00")
+        floats = tuple(None if v == "\\N" else float(v) for v in (bv, av, price))
+        out.append((ts, luid, *floats, *rest))
+    return sorted(out, key=repr)
+
+
+def _outcome(batch: ParsedBatch) -> tuple[list[tuple[Any, ...]], list[tuple[int, str, str]]]:
+    rows = storage.to_rows(batch.books, exchange=batch.exchange)
+    if batch.columns is not None:
+        rows += storage.columns_to_rows(batch.columns, exchange=batch.exchange)
+    rejected = sorted((r.received_ns, r.reason, r.raw) for r in batch.rejected)
+    return _canonical_rows(rows), rejected
+
+
+def assert_same(frames: list[str]) -> ParsedBatch:
+    """Both paths on one batch of `frames`: the same rows and rejections; returns the fast path's batch."""
+    payload = make_batch(batch_id="b", frames=[(RECEIVED_NS + i, f) for i, f in enumerate(frames)])
+    payload = json.loads(json.dumps(payload))
+    fast, slow = parse_batch(payload), parse_batch(payload, fast=False)
+    assert slow.columns is None
+    assert fast.n_books == slow.n_books == len(slow.books)
+    assert _outcome(fast) == _outcome(slow)
+    return fast
+
+
+def _frame(data: dict[str, Any], stream: str = "btcusdt@depth20@100ms") -> str:
+    return orjson.dumps({"stream": stream, "data": data}).decode()
+
+
+def _book(rnd: random.Random, *, scale: int = 8, levels: int = 20, big: bool = False) -> dict[str, Any]:
+    mid = rnd.randint(10**scale, 10 ** (scale + (12 if big else 6)))
+    tick = 10 ** rnd.randint(0, scale)
+
+    def text(m: int) -> str:
+        d = str(m).rjust(scale + 1, "0")
+        return f"{d[:-scale]}.{d[-scale:]}"
+
+    bids, asks, b, a = [], [], mid, mid + tick
+    for _ in range(levels):
+        bids.append([text(b), text(rnd.randint(1, 10 ** (scale + 4)))])
+        asks.append([text(a), text(rnd.randint(1, 10 ** (scale + 4)))])
+        b -= tick * rnd.randint(1, 5)
+        a += tick * rnd.randint(1, 5)
+    return {"lastUpdateId": rnd.randint(0, 2**63 - 1), "bids": bids, "asks": asks}
+
+
+def test_real_frames_are_all_taken_by_the_fast_path() -> None:
+    samples = [s for s in depth_samples() if "@depth" in json.loads(s)["stream"]]
+    batch = assert_same(samples)
+    assert batch.columns is not None
+    assert len(batch.columns) == len(samples) and not batch.books and not batch.rejected
+
+
+def test_real_shaped_books_of_any_scale_and_depth_agree() -> None:
+    rnd = random.Random(7)
+    frames = [
+        _frame(_book(rnd, scale=rnd.randint(1, 8), levels=rnd.randint(1, 20)), f"s{k % 7}usdt@depth20")
+        for k in range(300)
+    ]
+    frames += [_frame(_book(rnd, levels=5), "ethusdt@depth5"), _frame(_book(rnd, levels=10), "bnbusdt@depth10")]
+    batch = assert_same(frames)
+    assert batch.columns is not None and len(batch.columns) == len(frames)
+
+
+def test_books_the_fast_path_leaves_alone_are_stored_all_the_same() -> None:
+    """Values over 18 digits, integers without a point, mixed scales, an empty side: the per-frame path takes them."""
+    rnd = random.Random(3)
+    wide = _book(rnd, scale=8, big=True)  # prices of 19-20 digits
+    no_point = {"lastUpdateId": 1, "bids": [["100", "2"]], "asks": [["101", "3"]]}
+    mixed = {"lastUpdateId": 2, "bids": [["100.5", "2.25"]], "asks": [["101.50", "3.00"]]}
+    empty_side = {"lastUpdateId": 3, "bids": [], "asks": [["101.00000000", "3.00000000"]]}
+    frames = [_frame(d) for d in (wide, no_point, mixed, empty_side)] + [_frame(_book(rnd))]
+    batch = assert_same(frames)
+    assert batch.columns is not None and len(batch.columns) == 1 and len(batch.books) == 4
+
+
+def _mutations(good: str) -> list[str]:
+    data = json.loads(good)["data"]
+    out = [
+        good + "x",
+        good + good,
+        "",
+        "   ",
+        "[1, 2]",
+        "null",
+        good.replace('"stream"', '"Stream"'),
+        good.replace("@depth20", "@depth7"),
+        good.replace("btcusdt", "BTCUSDT"),
+        good.replace('"lastUpdateId":', '"lastUpdateId":-'),
+        good.replace('"lastUpdateId":', '"lastUpdateId":1.5,"x":'),
+        good.replace('"lastUpdateId":', '"E":1,"lastUpdateId":'),
+        good.replace('"lastUpdateId":', '"lastUpdateId":1,"lastUpdateId":'),
+        good.replace('"data":', '"stream":"btcusdt@depth20","data":'),
+        good.replace('"bids":[[', '"bids":[null,['),
+        good.replace('"bids":[[', '"bids":[["1.00000000"],['),
+        good.replace('"bids":[[', '"bids":[["9.00000000","1.00000000","2"],['),
+        good.replace('"asks":[[', '"asks":[[1.5,"1"],['),
+        good.replace('"asks":', '"asks":null,"x":'),
+        good.replace("{", "{\n", 1),
+        good.replace("{", "\r{", 1),
+        good.replace("0", "\\u0030", 1),
+        "\ufeff" + good,
+        good.replace('"bids":[', '"bids":[["1' + "0" * 70 + '.0","1.0"],', 1),
+        _frame({**data, "bids": data["bids"] + data["bids"][:1]}),  # out of order
+        _frame({**data, "asks": data["asks"][:1] + data["asks"]}),  # duplicate price
+        _frame({**data, "bids": data["bids"] * 2}),  # more levels than the depth
+        _frame({**data, "asks": [[data["asks"][0][0], "0.00000000"]]}),  # zero quantity
+        _frame({**data, "bids": [["0.00000000", "1.00000000"]]}),  # zero price
+        _frame({**data, "bids": data["asks"], "asks": data["bids"][::-1][-3:]}),  # crossed
+        _frame({**data, "bids": []}, "btcusdt@depth5"),
+    ]
+    for bad in BAD_NUMBERS:
+        for k in range(4):
+            side = "bids" if k < 2 else "asks"
+            levels = [list(level) for level in data[side]]
+            levels[len(levels) // 2][k % 2] = bad
+            out.append(_frame({**data, side: levels}))
+    return out
+
+
+def test_broken_frames_among_good_ones_get_the_same_reasons() -> None:
+    rnd = random.Random(11)
+    good = [_frame(_book(rnd)) for _ in range(40)]
+    broken = _mutations(good[0])
+    mixed = good + broken
+    rnd.shuffle(mixed)
+    batch = assert_same(mixed)
+    assert batch.columns is not None and len(batch.columns) >= len(good)
+
+
+def test_a_batch_of_nothing_but_broken_frames() -> None:
+    rnd = random.Random(5)
+    batch = assert_same(_mutations(_frame(_book(rnd))))
+    assert batch.rejected
+
+
+def test_text_that_is_not_utf8_encodable_goes_to_the_per_frame_path() -> None:
+    rnd = random.Random(9)
+    frames = [_frame(_book(rnd)), make_frame().replace("btcusdt", "btc\ud800usdt")]
+    assert_same(frames)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_fuzz_values_both_paths_agree(data: st.DataObject) -> None:
+    """Books of random values: scales, widths, leading zeros, zeros, ties, signs; any mix per book."""
+    value = st.one_of(
+        st.from_regex(r"(?:0|[1-9][0-9]{0,12})\.[0-9]{1,9}", fullmatch=True),
+        st.from_regex(r"[0-9]{1,22}(?:\.[0-9]{0,22})?", fullmatch=True),
+        st.sampled_from(BAD_NUMBERS),
+    )
+    level = st.tuples(value, value).map(list)
+    books = data.draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "lastUpdateId": st.integers(min_value=0, max_value=2**63 - 1),
+                    "bids": st.lists(level, max_size=6),
+                    "asks": st.lists(level, max_size=6),
+                }
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    frames = [_frame(b, "xrpusdt@depth5") for b in books]
+    # Sort some sides so that ordered books reach the fast path too.
+    for b in books:
+        b["bids"] = sorted(b["bids"], key=lambda lv: -float(lv[0]) if _plain(lv[0]) else 0.0)
+        b["asks"] = sorted(b["asks"], key=lambda lv: float(lv[0]) if _plain(lv[0]) else 0.0)
+    frames += [_frame(b, "xrpusdt@depth10") for b in books]
+    assert_same(frames)
+
+
+def _plain(v: str) -> bool:
+    return v.replace(".", "", 1).isdigit() and v.isascii()
+
+
+def test_parse_columns_leaves_every_frame_it_cannot_read() -> None:
+    cols, left = parse_columns([(RECEIVED_NS, "not json"), (RECEIVED_NS, make_frame())])
+    assert cols.taken == [1] and left == [0]
+    cols, left = parse_columns([])
+    assert len(cols) == 0 and left == []

@@ -146,3 +146,22 @@ def test_a_batch_stored_by_a_real_worker_is_pushed(
         item = _recv(ws)
     assert (item["symbol"], item["last_update_id"], item["received_at"]) == ("BNBUSDT", 77, book.received_at)
     assert (item["best_bid"], item["best_ask"], item["spread"]) == ("300.1000", "300.2000", "0.1000")
+
+
+def test_nothing_is_built_while_nobody_listens(
+    publisher: LivePublisher, recorded: Engine, monkeypatch: pytest.MonkeyPatch, ws_base: str
+) -> None:
+    """Building the items costs more than parsing the batch: with no subscriber the publisher skips it."""
+    from workers import live as live_module
+
+    def refuse(*_: Any) -> Any:
+        raise AssertionError("items built with nobody listening")
+
+    book = parse_frame(_raw(Sent("BTCUSDT", T_LIVE, 7, [["1.0", "1"]], [["2.0", "1"]])), received_ns=T_LIVE)
+    with monkeypatch.context() as patched:
+        patched.setattr(live_module, "live_item", refuse)
+        assert publisher.publish("binance", [(book, book_metrics(book))]) == 0
+    with connect(ws_base + "/v1/live", open_timeout=10) as ws:
+        assert _recv(ws) == {"subscribed": "all"}
+        assert publisher.publish("binance", [(book, book_metrics(book))]) == 1
+        assert _recv(ws)["last_update_id"] == 7

@@ -13,8 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.book import parse_frame
 from models.columnar import parse_columns
+from models.live import live_item, live_items
 from models.messages import make_batch
+from models.metrics import book_metrics
 from tests.factories import RECEIVED_NS, depth_samples, make_frame
 from tests.unit.models.test_book import BAD_NUMBERS
 from workers import storage
@@ -212,3 +215,17 @@ def test_parse_columns_leaves_every_frame_it_cannot_read() -> None:
     assert cols.taken == [1] and left == [0]
     cols, left = parse_columns([])
     assert len(cols) == 0 and left == []
+
+
+def test_live_items_of_the_fast_path_are_those_of_the_per_frame_path() -> None:
+    rnd = random.Random(13)
+    frames = [_frame(_book(rnd, scale=rnd.randint(1, 8), levels=rnd.randint(1, 20))) for _ in range(50)]
+    data = json.loads(frames[0])["data"]
+    frames.append(_frame({**data, "bids": data["asks"][:3][::-1], "asks": data["bids"][:3][::-1]}))  # crossed
+    frames.append(_frame({**data, "bids": data["asks"][:1], "asks": data["asks"][:1]}))  # spread 0
+    frames += [s for s in depth_samples() if "@depth" in json.loads(s)["stream"]]
+    items = [(RECEIVED_NS + i, f) for i, f in enumerate(frames)]
+    cols, left = parse_columns(items)
+    assert not left
+    slow = [parse_frame(raw, received_ns=ns) for ns, raw in items]
+    assert live_items("binance", cols) == [live_item("binance", b, book_metrics(b)) for b in slow]

@@ -2,7 +2,7 @@
 claim, COPY, commit, timed phase by phase with the storage functions the worker calls; the cost of the indexes
 (the same COPY into a clone without them); then cProfile over `workers.ingest.ingest_batch` itself.
 
-    python -m bench.profile_worker [--batches 150] [--batch-frames 200] [--top 25]
+    python -m bench.profile_worker [--batches 60] [--batch-frames 1000] [--top 25] [--per-frame]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import orjson
 from sqlalchemy import create_engine, text
 
 from bench._common import frames, services
@@ -25,6 +26,7 @@ from models.metrics import book_metrics
 from models.tables import book_snapshots
 from models.vocabulary import EXCHANGE
 from workers import storage
+from workers.envelope import parse_batch
 from workers.ingest import ingest_batch
 
 __all__ = ["main", "phases"]
@@ -45,12 +47,13 @@ def _payloads(n_batches: int, size: int, base_ns: int, prefix: str) -> list[str]
     ]
 
 
-def phases(db_url: str, n_batches: int, size: int) -> dict[str, float]:
-    """Microseconds per frame in each phase, averaged over `n_batches` batches of `size` frames."""
+def phases(db_url: str, n_batches: int, size: int, *, per_frame: bool = False) -> dict[str, float]:
+    """Microseconds per frame in each phase, averaged over `n_batches` batches of `size` frames: the worker's batch
+    fast path (models.columnar), or with `per_frame` the per-frame path it falls back on."""
     engine = create_engine(db_url)
     spent: dict[str, float] = defaultdict(float)
     bodies = _payloads(n_batches, size, time.time_ns(), "phase-")
-    ingest_batch(engine, json.loads(bodies[0]))  # the day's partition and the connection: not the steady state
+    ingest_batch(engine, orjson.loads(bodies[0]))  # the day's partition and the connection: not the steady state
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE bench_noindex (LIKE book_snapshots INCLUDING DEFAULTS)"))
     last = [0.0]
@@ -62,20 +65,28 @@ def phases(db_url: str, n_batches: int, size: int) -> dict[str, float]:
 
     for body in bodies[1:]:
         last[0] = time.perf_counter()
-        payload = json.loads(body)
+        payload = orjson.loads(body)
         lap("json decode of the task body")
-        books = [parse_frame(raw, received_ns=ns) for ns, raw in payload["frames"]]
-        lap("parse + validate")
-        items = [(b, book_metrics(b)) for b in books]
-        lap("metrics")
-        rows = storage.to_rows(items, exchange=EXCHANGE)
-        lap("COPY rows (to_rows)")
-        ns = [b.received_ns for b in books]
+        if per_frame:
+            books = [parse_frame(raw, received_ns=ns) for ns, raw in payload["frames"]]
+            lap("parse + validate")
+            items = [(b, book_metrics(b)) for b in books]
+            lap("metrics")
+            rows = storage.to_rows(items, exchange=EXCHANGE)
+            lap("COPY rows (to_rows)")
+            n_books, ns = len(books), [b.received_ns for b in books]
+        else:
+            batch = parse_batch(payload)
+            lap("parse + validate + metrics + encode (batch fast path)")
+            assert batch.columns is not None and not batch.books
+            rows = storage.columns_to_rows(batch.columns, exchange=EXCHANGE)
+            lap("COPY rows (columns_to_rows)")
+            n_books, ns = batch.n_books, batch.received_ns()
         with engine.connect() as conn:
             tx = conn.begin()
             t0 = time.perf_counter()
             storage.claim_batch(
-                conn, batch_id=payload["batch_id"], n_books=len(books), n_rejected=0, min_ns=min(ns), max_ns=max(ns)
+                conn, batch_id=payload["batch_id"], n_books=n_books, n_rejected=0, min_ns=min(ns), max_ns=max(ns)
             )
             t1 = time.perf_counter()
             storage.copy_books(conn, rows)
@@ -102,11 +113,11 @@ def profile(db_url: str, n_batches: int, size: int, top: int) -> str:
     """cProfile of json decode + ingest_batch over `n_batches` batches, the `top` functions by own time."""
     engine = create_engine(db_url)
     bodies = _payloads(n_batches, size, time.time_ns() + 10**12, "prof-")
-    ingest_batch(engine, json.loads(bodies[0]))
+    ingest_batch(engine, orjson.loads(bodies[0]))
     prof = cProfile.Profile()
     prof.enable()
     for body in bodies[1:]:
-        ingest_batch(engine, json.loads(body))
+        ingest_batch(engine, orjson.loads(body))
     prof.disable()
     engine.dispose()
     out = io.StringIO()
@@ -116,13 +127,14 @@ def profile(db_url: str, n_batches: int, size: int, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench.profile_worker", description=__doc__.split("\n")[0])
-    p.add_argument("--batches", type=int, default=150)
-    p.add_argument("--batch-frames", type=int, default=200)
+    p.add_argument("--batches", type=int, default=60)
+    p.add_argument("--batch-frames", type=int, default=1000)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--per-frame", action="store_true", help="time the per-frame path instead of the fast path")
     args = p.parse_args(argv)
     with services() as (_, _, new_database):
         url = new_database()
-        us = phases(url, args.batches, args.batch_frames)
+        us = phases(url, args.batches, args.batch_frames, per_frame=args.per_frame)
         total = sum(v for k, v in us.items() if not k.startswith("("))
         print(f"per frame, batches of {args.batch_frames} (µs; {1e6 / total:,.0f} frames/s in one process):")
         for k, v in us.items():

@@ -145,6 +145,7 @@ class _Side:
     qtys: I64
     fprices: F64  # float() of each value
     fqtys: F64
+    zeros: I64  # per value (prices at even places, quantities at odd): its decimal trailing zeros
     scale: I64  # per level
 
 
@@ -198,7 +199,8 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
     bad_value = ~fine[0::2] | ~fine[1::2] | (prices <= 0) | (qtys <= 0) | (scale[0::2] != scale[1::2])
     ok &= np.bincount(level_parent[bad_value], minlength=n) == 0
     first = np.minimum(offsets, max(len(prices) - 1, 0))
-    return _Side(ok, offsets, first, level_parent, prices, qtys, floats[0::2], floats[1::2], scale[0::2])
+    zeros = _np(pc.binary_length(digits)).astype(np.int64) - _np(pc.binary_length(pc.utf8_rtrim(digits, "0")))
+    return _Side(ok, offsets, first, level_parent, prices, qtys, floats[0::2], floats[1::2], zeros, scale[0::2])
 
 
 def _columns(table: pa.Table, received_ns: I64) -> tuple[Columns, B]:
@@ -298,24 +300,13 @@ def _vwap(side: _Side, n: int) -> F64:
     return out
 
 
-def _trailing_zeros(v: I64) -> I64:
-    """Decimal trailing zeros of each (positive) value."""
-    tz = np.zeros(len(v), dtype=np.int64)
-    x = v.copy()
-    while True:
-        m = (x % 10 == 0) & (x != 0)
-        if not m.any():
-            return tz
-        tz += m
-        x = np.where(m, x // 10, x)
-
-
 def _encoded(side: _Side, n: int, keep: I64, *, descending: bool, price: bool) -> pa.Array:
     """models.encoding's column text ("k,v1,v2,...") of the books `keep`."""
     ints = side.prices if price else side.qtys
     counts = np.diff(np.append(side.offsets, len(ints)))
     # The fewest trailing zeros of each book's values (a sentinel past the end serves the books with no level).
-    k = np.minimum.reduceat(np.append(_trailing_zeros(ints), 99), side.offsets)
+    zeros = side.zeros[0::2] if price else side.zeros[1::2]
+    k = np.minimum.reduceat(np.append(zeros, 99), side.offsets)
     if price:
         best = ints[side.first][side.parent]
         values = best - ints if descending else ints - best

@@ -333,3 +333,44 @@ def test_copy_reads_back_any_text_exactly(engine: Engine, exchange: str, symbol:
         cur.execute("SELECT exchange, symbol, depth, crossed FROM copy_probe")
         assert cur.fetchall() == [(clean_text(exchange), clean_text(symbol), 20, False)]
         conn.rollback()
+
+
+def test_the_batch_fast_path_and_the_per_frame_path_store_the_same_rows(clean_db: Engine) -> None:
+    """The same frames through models.columnar (the default) and one by one (the poison path): PostgreSQL holds
+    the same books, metrics and flags for both, value for value (floats compared as stored float8)."""
+    from tests.unit.models.test_columnar import _book, _frame
+
+    rnd = random.Random(21)
+    frames = fixture_frames() + [
+        _frame(_book(rnd, scale=rnd.randint(1, 8), levels=rnd.randint(1, 20)), f"s{k % 5}usdt@depth20")
+        for k in range(60)
+    ]
+    data = json.loads(frames[-1])["data"]
+    frames.append(_frame({**data, "bids": data["asks"][:2][::-1], "asks": data["bids"][:2][::-1]}))  # crossed
+    day = 86_400 * 10**9
+    fast = ingest_batch(clean_db, make_batch(batch_id="fast", frames=[(T0 + i, f) for i, f in enumerate(frames)]))
+    slow = ingest_batch(
+        clean_db,
+        make_batch(batch_id="slow", frames=[(T0 + day + i, f) for i, f in enumerate(frames)]),
+        frame_by_frame=True,
+    )
+    assert fast.n_books == slow.n_books == len(frames)
+    queries = (
+        "SELECT symbol, last_update_id, bid_prices::text[], bid_quantities::text[], ask_prices::text[], "
+        "ask_quantities::text[] FROM order_books WHERE received_at >= :lo AND received_at < :hi ORDER BY received_at",
+        "SELECT symbol, last_update_id, depth, best_bid::text, best_ask::text, spread::text, bid_vwap, ask_vwap, "
+        "price, crossed FROM book_metrics WHERE received_at >= :lo AND received_at < :hi ORDER BY received_at",
+    )
+    with clean_db.connect() as conn:
+        for sql in queries:
+            first, second = (
+                [tuple(r) for r in conn.execute(text(sql), {"lo": _at(T0 + h * day), "hi": _at(T0 + (h + 1) * day)})]
+                for h in (0, 1)
+            )
+            assert len(first) == len(frames)
+            assert first == second
+    assert any(r[-1] for r in first)  # the crossed book is there
+
+
+def _at(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(ns // 10**9))

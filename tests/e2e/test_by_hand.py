@@ -42,17 +42,28 @@ def test_parts_started_by_hand_fill_price_averages(
         BOOKFEED_LOG_FORMAT="text",
         BOOKFEED_AVERAGES_GRACE_S="1",  # a window counts as closed 1 s after its end: the first run finds one
     )
-    subprocess.run([str(BIN / "bookfeed"), "migrate"], env=env, check=True, capture_output=True, timeout=120)
-    procs: list[subprocess.Popen[bytes]] = []
+    # The feed needs no database: it starts while `bookfeed migrate` runs.
+    migrate = subprocess.Popen(
+        [str(BIN / "bookfeed"), "migrate"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, as stop_process expects
+    )
+    procs: dict[str, subprocess.Popen[bytes]] = {"migrate": migrate}
     with SimulatorThread(SimConfig(symbols=("BTCUSDT",), seed=3, rate=20.0)) as sim:
         try:
+            # Beat's first run comes one schedule period (30 s) after it starts: the feed first, so that the period
+            # ends with a closed window of books, then beat, then the worker (ready long before beat's run).
             feed = [str(BIN / "bookfeed"), "feed", "--url", sim.url(["btcusdt@depth20"])]
-            procs.append(start_process(feed, env, tmp_path / "feed.log", ready=b"): live", what="feed"))
+            procs["feed"] = start_process(feed, env, tmp_path / "feed.log", ready=b"): live", what="feed")
+            migrated, _ = migrate.communicate(timeout=120)
+            assert migrate.returncode == 0, migrated.decode(errors="replace")
+            beat = [str(BIN / "celery"), "-A", "workers", "beat", "--schedule", str(tmp_path / "schedule")]
+            procs["beat"] = start_process(beat, env, tmp_path / "beat.log", ready=b"watching averages", what="beat")
             worker = [str(BIN / "celery"), "-A", "workers", "worker", "--concurrency", "1"]
             worker += ["--without-gossip", "--without-mingle", "-n", f"hand-{uuid.uuid4().hex[:6]}@%h"]
-            procs.append(start_process(worker, env, tmp_path / "worker.log", ready=b"ready.", what="worker"))
-            beat = [str(BIN / "celery"), "-A", "workers", "beat", "--schedule", str(tmp_path / "schedule")]
-            procs.append(start_process(beat, env, tmp_path / "beat.log", ready=b"watching averages", what="beat"))
+            procs["worker"] = start_process(worker, env, tmp_path / "worker.log", ready=b"ready.", what="worker")
 
             def averaged() -> bool:
                 with engine.connect() as conn:
@@ -61,6 +72,7 @@ def test_parts_started_by_hand_fill_price_averages(
 
             wait_for(averaged, 150, "a 30 s average in price_averages")
         finally:
-            for proc in reversed(procs):
-                stop_process(proc)
+            for name in ("beat", "worker", "feed", "migrate"):
+                if name in procs:
+                    stop_process(procs[name])
     assert "averages stale" not in (tmp_path / "beat.log").read_text()

@@ -4,7 +4,6 @@ survived, every forwarded frame is stored once, and each interruption is recorde
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,15 @@ from tests.services import wait_for
 from workers.audit import check_ledger, duplicated_books, read_ledger
 
 pytestmark = pytest.mark.e2e
+
+
+def _reasons(db: Engine) -> set[tuple[str, str]]:
+    """(stream, reason without its details) of every gap stored so far; each is stored once it is over."""
+    with db.connect() as conn:
+        return {
+            (stream, reason.split(":")[0])
+            for stream, reason in conn.execute(text("SELECT stream, reason FROM feed_gaps"))
+        }
 
 
 def test_drops_and_stalls_become_gaps_and_lose_nothing(
@@ -35,13 +43,15 @@ def test_drops_and_stalls_become_gaps_and_lose_nothing(
         stop = threading.Event()
         feed = threading.Thread(target=run_feed, args=(settings,), kwargs={"stop": stop, "install_signals": False})
         feed.start()
-        time.sleep(2)
-        assert sim.drop_all() == 1  # the socket dies without a close frame
-        time.sleep(2)
-        sim.stall(3.0, stream="ethusdt@depth10@100ms")  # socket open, one stream silent
-        time.sleep(5)
-        stop.set()
-        feed.join(30)
+        try:
+            wait_for(lambda: _reasons(clean_db) >= {(s, "feed started") for s in streams}, what="frames of both")
+            assert sim.drop_all() == 1  # the socket dies without a close frame
+            wait_for(lambda: _reasons(clean_db) >= {(s, "reconnected") for s in streams}, what="both back")
+            sim.stall(3.0, stream="ethusdt@depth10@100ms")  # socket open, one stream silent
+            wait_for(lambda: ("ethusdt@depth10@100ms", "stalled") in _reasons(clean_db), what="the stall over")
+        finally:
+            stop.set()
+            feed.join(30)
     frames = read_ledger(ledger)
 
     wait_for(lambda: not check_ledger(clean_db, frames).missing)

@@ -1,12 +1,12 @@
 """Rotation at scale's smallest: the simulator ends every connection after 8 s (serverShutdown 3 s before), the real
 feed (run_feed, two connections at a bare endpoint) replaces each before it goes, through Redis and a real worker
-into PostgreSQL for about 30 s: every book the simulator made for the subscribed streams while the feed ran is stored
+into PostgreSQL until each connection has been rotated three times and over 200 books of each symbol are stored
+(over 20 s): every book the simulator made for the subscribed streams while the feed ran is stored
 exactly once, and feed_gaps holds no gap for the rotations."""
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,14 @@ pytestmark = pytest.mark.e2e
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 SEED = 11
+ROTATED = 2 + 2 * 3  # connections served: two, each rotated at least three times
+STORED = 200  # books of each symbol: ten a second for over 20 s
+
+
+def _count(db: Engine, symbol: str) -> int:
+    with db.connect() as conn:
+        q = text("SELECT count(*) FROM book_snapshots WHERE symbol = :s")
+        return int(conn.execute(q, {"s": symbol}).scalar_one())
 
 
 def _stored_ids(db: Engine, symbol: str) -> list[int]:
@@ -48,11 +56,17 @@ def test_rotations_store_every_frame_once_and_record_no_gap(
         stop = threading.Event()
         feed = threading.Thread(target=run_feed, args=(settings,), kwargs={"stop": stop, "install_signals": False})
         feed.start()
-        time.sleep(30)
-        stop.set()
-        feed.join(30)
+
+        def rotated_and_stored() -> bool:
+            return sim.stats()["connections_total"] >= ROTATED and all(_count(clean_db, s) > STORED for s in SYMBOLS)
+
+        try:
+            wait_for(rotated_and_stored, 90, f"{ROTATED} connections served and over {STORED} books of each stored")
+        finally:
+            stop.set()
+            feed.join(30)
         served = sim.stats()
-    assert served["connections_total"] >= 2 + 2 * 3  # two connections, each rotated at least three times
+    assert served["connections_total"] >= ROTATED
     assert not any(served["violations"].values())
     frames = read_ledger(ledger)
     wait_for(lambda: not check_ledger(clean_db, frames).missing, 60, "every forwarded frame stored")
@@ -60,7 +74,7 @@ def test_rotations_store_every_frame_once_and_record_no_gap(
 
     for symbol in SYMBOLS:
         stored = _stored_ids(clean_db, symbol)
-        assert len(stored) > 200  # ten a second for 30 s, less the start
+        assert len(stored) > STORED
         # None missing in between, none twice.
         assert stored == update_ids(symbol, seed=SEED, first=stored[0], last=stored[-1])
     with clean_db.connect() as conn:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,7 +25,8 @@ from typing import Any
 import pytest
 
 from simulator import SimConfig, SimulatorThread
-from stack.harness import Harness, bookfeed_command, free_port, log_line, port_open, wait_until
+from stack.harness import Harness, Ready, bookfeed_command, free_port, log_line, port_open, wait_until
+from tests.e2e._start import stop_together, wait_ready
 from tests.services import Services
 from workers.commands import beat_command, worker_command
 from workers.schema import upgrade_to_head
@@ -73,17 +75,26 @@ def stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Itera
     port, token_port = free_port(), free_port()
     with SimulatorThread(SimConfig(symbols=SYMBOLS, seed=7, rate=20.0)) as sim:
         try:
-            worker = worker_command(concurrency=1, name=f"live-page-{uuid.uuid4().hex[:6]}", quiet=True)
-            harness.start("worker", worker, ready=log_line("ready."))
-            harness.start("beat", beat_command(tmp / "schedule"), ready=log_line("watching averages"))
-            harness.start("api", _api_command(port), ready=port_open(port))
-            token_env = {"BOOKFEED_API_TOKEN": TOKEN}
-            harness.start("api-token", _api_command(token_port), extra_env=token_env, ready=port_open(token_port))
+            # Beat computes the averages one schedule period (30 s) after it starts: the feed first, so that the
+            # first period ends with a closed window of books; beat alone next, so that it starts soon; then the
+            # others, together.
             feed = bookfeed_command("feed", "--url", sim.url([f"{s.lower()}@depth20" for s in SYMBOLS]))
             harness.start("feed", feed, ready=log_line("): live"))  # "connection 1 (2 streams): live"
+            harness.start("beat", beat_command(tmp / "schedule"), ready=log_line("watching averages"))
+            worker = worker_command(concurrency=1, name=f"live-page-{uuid.uuid4().hex[:6]}", quiet=True)
+            token_env = {"BOOKFEED_API_TOKEN": TOKEN}
+            starts: list[tuple[str, list[str], dict[str, str], Ready]] = [
+                ("worker", worker, {}, log_line("ready.")),
+                ("api", _api_command(port), {}, port_open(port)),
+                ("api-token", _api_command(token_port), token_env, port_open(token_port)),
+            ]
+            started = []
+            for name, argv, extra_env, ready in starts:
+                started.append((harness.start(name, argv, extra_env=extra_env), ready, time.monotonic()))
+            wait_ready(started)
             yield Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{token_port}")
         finally:
-            harness.stop_all(order=("feed", "api", "api-token", "beat", "worker"))
+            stop_together(harness, first=("feed",))
             services.drop_database(db_url)
 
 

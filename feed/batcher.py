@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from feed.frames import Frame
 from models.settings import Settings
 
 __all__ = ["Batcher", "Frame"]
-
-Frame = tuple[int, str]  # (received_ns, raw text)
 
 
 class Batcher:
@@ -48,14 +47,22 @@ class Batcher:
 
     def add(self, frame: Frame) -> None:
         """Append a frame; emits the batch when it is full."""
+        self.add_many([frame])
+
+    def add_many(self, frames: list[Frame]) -> None:
+        """Append frames (one lock for all); emits each batch they fill."""
         with self._lock:
             if not self._frames:
                 self._first_ns = self._clock_ns()
-            self._frames.append(frame)
+            self._frames.extend(frames)
             if len(self._frames) < self._max_frames:
                 return
-            frames = self._cut_locked()
-        self._emit_cut(frames)
+            full = self._cut_full_locked()
+        try:
+            for batch in full:
+                self._emit(batch)
+        finally:
+            self._emit_lock.release()
 
     def flush_if_due(self) -> None:
         with self._lock:
@@ -80,6 +87,19 @@ class Batcher:
             if not self._frames:
                 return self._max_wait_ns / 1e9
             return max(0.0, (self._first_ns + self._max_wait_ns - self._clock_ns()) / 1e9)
+
+    def _cut_full_locked(self) -> list[list[Frame]]:
+        """Cut every full batch (the rest stays, as young as now) and take the emit lock, under `_lock`."""
+        n, frames = self._max_frames, self._frames
+        if len(frames) == n:
+            full, self._frames = [frames], []
+        else:  # the frames that overflow the last full batch arrived in this call: their age starts now
+            cut = len(frames) - len(frames) % n
+            full, self._frames = [frames[i : i + n] for i in range(0, cut, n)], frames[cut:]
+            if self._frames:
+                self._first_ns = self._clock_ns()
+        self._emit_lock.acquire()
+        return full
 
     def _cut_locked(self) -> list[Frame]:
         """Take the frames and the emit lock, both under `_lock`: the order of cuts is the order of emits."""

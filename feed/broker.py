@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+import orjson
 import redis
 from celery import Celery
 
@@ -65,7 +66,7 @@ class CelerySender:
         batch = pending.batch
         batch_id = batch["batch_id"]
         parts = message_parts(batch_id=batch_id, task_id=str(uuid.uuid4()), kwargs=FIRST_DELIVERY)
-        payload = json.dumps(batch, separators=(",", ":"))
+        payload = _dumps(batch)
         seq = self.redis.eval(ENQUEUE_LUA, 5, *self._keys, batch_id, payload, "", 0, 0, *parts)
         if not seq:
             logger.debug("batch %s was in the outbox already (an earlier try went through)", batch_id)
@@ -84,6 +85,15 @@ class CelerySender:
         broker raises."""
         info = self.redis.info("memory")
         return int(info["used_memory"]), int(info.get("maxmemory", 0))
+
+
+def _dumps(batch: object) -> bytes | str:
+    """The batch's JSON: orjson (several times faster than json on frame text, which is all quotes to escape), or
+    json for what orjson refuses (an int beyond 64 bits: never one of ours, but a payload is never lost to it)."""
+    try:
+        return orjson.dumps(batch)
+    except TypeError:
+        return json.dumps(batch, separators=(",", ":"))
 
 
 def make_celery_sender(redis_url: str, *, key_prefix: str = "") -> CelerySender:

@@ -17,15 +17,7 @@ from typing import Any, Protocol
 import websocket
 
 from feed.control import ControlError, Pacer, chunks, describe, parse_reply, request
-from feed.frames import (
-    EXCERPT_CHARS,
-    CappedFrameBuffer,
-    MessageTooLarge,
-    Reconnect,
-    close_socket,
-    forget_fragments,
-    open_socket,
-)
+from feed.frames import EXCERPT_CHARS, Frame, FrameReader, Reconnect, open_socket
 from feed.ids import control_event
 from feed.tracker import StreamTracker
 from models.errors import RetriesExhaustedError
@@ -38,6 +30,7 @@ logger = logging.getLogger(__name__)
 _STABLE_S = 10.0  # a connection that lasted less (or less than the silence timeout) counts as a failed attempt
 _REPLY_TIMEOUT_S = 10.0  # a control request unanswered this long fails the connection
 _VERIFY_TRIES = 3  # LIST_SUBSCRIPTIONS checks (each resubscribing what is missing) before giving up
+_DATA_PREFIX = '{"stream":"'  # how every combined-stream data message starts (replies and events do not)
 
 
 # The kinds of bookfeed_reconnects_total{reason}: a bounded label set (the reasons themselves hold numbers and text).
@@ -147,7 +140,7 @@ class Connection:
         self._awaiting: int | None = None
         self._reply: Any = None
         self._ws: websocket.WebSocket | None = None
-        self._buf: CappedFrameBuffer | None = None
+        self._reader: FrameReader | None = None
         self._thread = threading.Thread(target=self._run, name=f"conn-{conn_id}", daemon=True)
 
     @property
@@ -206,12 +199,13 @@ class Connection:
                 if not self._host.admit(self, self._closing):
                     return
                 try:
-                    ws, buf = open_socket(
+                    ws, reader = open_socket(
                         self.url,
                         max_bytes=self._max_frame_bytes,
                         silence_ns=self._silence_ns,
                         clock_ns=self._clock_ns,
                         stop=self._closing,
+                        on_refused=self._refused,
                     )
                 except Exception as exc:  # refused, DNS, TLS, handshake: all are "try again later"
                     failures += 1
@@ -221,7 +215,7 @@ class Connection:
                     self._back_off(failures, f"connect failed: {describe(exc)}")
                     continue
                 opened = self._clock_ns()
-                reason = self._session(ws, buf)
+                reason = self._session(ws, reader)
                 if self._closing.is_set():
                     return
                 self.reconnects += 1
@@ -253,9 +247,9 @@ class Connection:
         logger.warning("%s: %s; retry %d in %.1fs", self.label(), what, failures, delay)
         self._closing.wait(delay)
 
-    def _session(self, ws: websocket.WebSocket, buf: CappedFrameBuffer) -> str:
+    def _session(self, ws: websocket.WebSocket, reader: FrameReader) -> str:
         """Subscribe, then read one connection until it ends or the connection is closed; returns why it ended."""
-        self._ws, self._buf = ws, buf
+        self._ws, self._reader = ws, reader
         self._awaiting, self._reply = None, None
         self.rotate_wanted = None  # a wish of the connection before: this one starts afresh
         opened = self._clock_ns()
@@ -275,7 +269,7 @@ class Connection:
                 if self._dirty and self.subscribe:
                     self._dirty = False
                     self._sync()
-                self._read_one()
+                self._read_some()
                 if self._max_age_ns and self._clock_ns() - opened > self._max_age_ns and not self.rotate_wanted:
                     self.rotate_wanted = "connection age limit reached"
         except Reconnect as exc:
@@ -287,11 +281,11 @@ class Connection:
             reason = f"{type(exc).__name__}: {describe(exc)}"
         finally:
             self.confirmed = frozenset()
-            self._ws = self._buf = None
-            close_socket(ws)
-        if buf.oversized:  # dropped in the middle of discarding a message over the cap
-            excerpt = buf.head.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
-            self._tracker.reject(self._clock_ns(), f"{buf.message_bytes}+ bytes, unfinished: {reason}", excerpt)
+            self._ws = self._reader = None
+            reader.close()
+        if reader.oversized:  # dropped in the middle of discarding a message over the cap
+            excerpt = reader.head.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
+            self._tracker.reject(self._clock_ns(), f"{reader.message_bytes}+ bytes, unfinished: {reason}", excerpt)
         return reason
 
     def _sync(self) -> None:
@@ -339,7 +333,7 @@ class Connection:
         while self._reply is None:
             if time.monotonic() > deadline:
                 raise ControlError(f"{method} got no reply within {_REPLY_TIMEOUT_S:.0f}s")
-            self._read_one()
+            self._read_some()
         reply, self._awaiting, self._reply = self._reply, None, None
         if reply.error is not None:
             raise ControlError(f"{method} refused: {reply.error}")
@@ -348,36 +342,36 @@ class Connection:
     def _read_for(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            self._read_one()
+            self._read_some()
 
-    def _read_one(self) -> None:
-        """Read one message (or time out within a second) and pass it on."""
-        ws, buf = self._ws, self._buf
-        assert ws is not None and buf is not None
-        try:
-            opcode, data = ws.recv_data()
-        except websocket.WebSocketTimeoutException:
-            return  # the buffer raises Reconnect once the socket has been silent too long
-        except MessageTooLarge as exc:
-            received_ns = buf.last_message_ns = self._clock_ns()
-            forget_fragments(ws)  # the fragments joined before the cap was hit
-            excerpt = exc.excerpt.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
-            self._tracker.reject(received_ns, exc.reason, excerpt)
+    def _read_some(self) -> None:
+        """Read what has arrived (or time out within a second) and pass it on: data messages to the tracker, in runs
+        (one call per run, not per message), the rest one by one in between."""
+        reader = self._reader
+        assert reader is not None
+        messages = reader.read()
+        if not messages:
             return
-        received_ns = self._clock_ns()  # stamped before anything else is done with the frame
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            raise Reconnect("server closed the connection")
-        buf.last_message_ns = received_ns
-        try:
-            raw = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raw = data.decode("utf-8", errors="replace")  # the worker will reject it with a reason
-        if raw.startswith('{"stream":"'):
-            self.frames += 1
-            self.live_frames += 1
-            self._tracker.handle(received_ns, raw)
-        else:
-            self._control(received_ns, raw)
+        data: list[Frame] = []
+        for message in messages:
+            if message[1].startswith(_DATA_PREFIX):
+                data.append(message)
+                continue
+            if data:
+                self._deliver(data)
+                data = []
+            self._control(*message)
+        if data:
+            self._deliver(data)
+
+    def _deliver(self, data: list[Frame]) -> None:
+        self.frames += len(data)
+        self.live_frames += len(data)
+        self._tracker.handle_many(data)
+
+    def _refused(self, received_ns: int, reason: str, excerpt: bytes) -> None:
+        """A message over the size cap, read and discarded by the reader."""
+        self._tracker.reject(received_ns, reason, excerpt.decode("utf-8", errors="replace")[:EXCERPT_CHARS])
 
     def _control(self, received_ns: int, raw: str) -> None:
         reply = parse_reply(raw)

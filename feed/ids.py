@@ -3,6 +3,8 @@ control messages, and the rule telling a server's id reset from a stale frame. P
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 __all__ = ["control_event", "is_reset", "is_whole_frame", "peek"]
@@ -13,25 +15,31 @@ _RESET_JUMP = 1_000_000  # ids this far back are a server reset, not a stale fra
 _RESET_MIN_JUMP = 1_000  # ...and so are ids at most half the last one and more than this far back (see is_reset)
 
 
+# The stream name: up to the first quote, within 100 characters.
+_STREAM = r'\{"stream":"([^"]{0,' + str(_MAX_STREAM_NAME) + '})"'
+# The id after the first "lastUpdateId": 1 to 19 ASCII digits (not \d: "²" and "٩" are digits too), then , or }.
+_ID = "[0-9]{1,19}(?=[,}])"
+_STREAM_RE, _ID_RE = re.compile(_STREAM), re.compile(_ID)
+_BINANCE_RE = re.compile(_STREAM + r',"data":\{"lastUpdateId":(' + _ID + ")")  # both at once, as Binance writes them
+
+
 def peek(raw: str) -> tuple[str | None, int | None]:
     """(stream, lastUpdateId) of a combined partial-depth frame by string search, without parsing the levels.
     A stream name over 100 characters reads as no stream; an id outside [0, 2**63) as no id."""
-    if not raw.startswith('{"stream":"'):
-        return None, None
-    end = raw.find('"', 11, 12 + _MAX_STREAM_NAME)
-    if end < 0:
-        return None, None
-    stream = raw[11:end]
-    i = raw.find('"lastUpdateId":', end)
-    if i < 0:
-        return stream, None
-    j = i + 15
-    k = j
-    while k < len(raw) and "0" <= raw[k] <= "9":  # ASCII only: str.isdigit() accepts "²" and "٩"
-        k += 1
-    if not (j < k <= j + 19 and k < len(raw) and raw[k] in ",}"):
-        return stream, None
-    luid = int(raw[j:k])
+    m = _BINANCE_RE.match(raw)
+    if m is not None:
+        stream, digits = m.group(1, 2)
+    else:
+        m = _STREAM_RE.match(raw)
+        if m is None:
+            return None, None
+        stream = m.group(1)
+        i = raw.find('"lastUpdateId":', m.end(1))
+        d = _ID_RE.match(raw, i + 15) if i >= 0 else None
+        if d is None:
+            return stream, None
+        digits = d.group()
+    luid = int(digits)
     return stream, (luid if luid <= _MAX_LAST_UPDATE_ID else None)
 
 

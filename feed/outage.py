@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from operator import itemgetter
 
 from feed.gaps import PendingGaps, spans_of
 from models.messages import Batch, FeedRejected, Gap, make_batch
@@ -88,7 +89,7 @@ class OutageBuffer:
 
     def enqueue(self, frames: list[tuple[int, str]]) -> None:
         """Queue a batch (never blocks). A batch id is fixed here, so a re-sent batch is recognised downstream."""
-        n_bytes = sum(sys.getsizeof(raw) for _, raw in frames) + _FRAME_OVERHEAD * len(frames)
+        n_bytes = sum(map(sys.getsizeof, map(itemgetter(1), frames))) + _FRAME_OVERHEAD * len(frames)
         with self._cond:
             newest = PendingBatch(self._make(frames=frames), n_bytes)
             self._frames.append(newest)

@@ -5,6 +5,7 @@ publisher.py) -> Redis (broker.py), with live stats and each stream's last-seen 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 
 import redis
 
-from feed.batcher import Batcher
+from feed.batcher import Batcher, Frame
 from feed.broker import make_celery_sender
 from feed.ids import peek
 from feed.metrics import FeedMetrics
@@ -74,17 +75,16 @@ def run_feed(
             level = logging.DEBUG if reason in _ROUTINE_GAPS else logging.WARNING
             logger.log(level, "gap of %.1fs on %s (%s)", (end_ns - start_ns) / 1e9, stream, reason)
 
-        def on_frame(received_ns: int, raw: str) -> None:
+        def on_frames(frames: list[Frame]) -> None:
             if ledger is not None:
-                stream, luid = peek(raw)
-                line = f"{received_ns}\t{stream or ''}\t{'' if luid is None else luid}\n"
+                lines = "".join(_ledger_line(received_ns, raw) for received_ns, raw in frames)
                 with shared_lock:  # a text file's writer is not thread-safe: lines went missing without this
-                    ledger.write(line)
-            batcher.add((received_ns, raw))
+                    ledger.write(lines)
+            batcher.add_many(frames)
 
         client = StreamClient.from_settings(
             settings,
-            on_frame=on_frame,
+            on_frames=on_frames,
             on_gap=on_gap,
             on_reject=publisher.enqueue_rejected,
             # Where the previous feed process left off: the time until our first frame is a gap.
@@ -153,11 +153,15 @@ def run_feed(
             timer = threading.Timer(duration_s, stop.set)
             timer.daemon = True
             timer.start()
+        # What exists now (modules, Celery, Redis clients) lives as long as the feed: kept out of the cyclic garbage
+        # collector's full passes, which the frames' containers would otherwise set off every few seconds.
+        gc.freeze()
         try:
             if not client.fixed:
                 _follow_streams(SymbolSource.from_settings(settings), client, stop)
             client.run(stop)
         finally:
+            gc.unfreeze()
             reader_done.set()
             tick.join()
             batcher.flush()
@@ -171,6 +175,11 @@ def run_feed(
             save_state(final, 60, _final_last_seen(client.streams, client.stopped, publisher.unpublished_since))
             logger.info("feed stopped", extra={k: v for k, v in final.items() if k != "per_stream"})
         return final
+
+
+def _ledger_line(received_ns: int, raw: str) -> str:
+    stream, luid = peek(raw)
+    return f"{received_ns}\t{stream or ''}\t{'' if luid is None else luid}\n"
 
 
 def _follow_streams(source: SymbolSource, client: StreamClient, stop: threading.Event) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from feed.pool import ConnectionPool
-from feed.tracker import OTHER_STREAMS, StreamTracker, TrackerStats
+from feed.tracker import OTHER_STREAMS, Frame, StreamTracker, TrackerStats
 from models.errors import ConfigError
 from models.settings import ReconnectPolicy, Settings
 from models.vocabulary import MAX_FRAME_BYTES
@@ -55,7 +55,8 @@ def parse_endpoint(url: str) -> Endpoint:
 
 
 class StreamClient:
-    """Reads the feed's streams over as many connections as needed until stopped, passing frames to `on_frame`.
+    """Reads the feed's streams over as many connections as needed until stopped, passing frames to `on_frames` in
+    lists (those a connection read at once), or else one by one to `on_frame`.
 
     At a bare endpoint the streams are those of `set_streams` (call it again to change them); a URL naming its
     streams is read as it is, on one connection. Duplicates, gaps and rejections: see feed.tracker.StreamTracker
@@ -66,7 +67,8 @@ class StreamClient:
         self,
         endpoint: Endpoint | str,
         *,
-        on_frame: Callable[[int, str], None],
+        on_frame: Callable[[int, str], None] | None = None,
+        on_frames: Callable[[list[Frame]], None] | None = None,
         on_gap: Callable[[str, int, int, str], None] | None = None,
         on_reject: Callable[[int, str, str], None] | None = None,
         last_seen: dict[str, int] | None = None,
@@ -81,6 +83,7 @@ class StreamClient:
         self.policy = policy = policy or ReconnectPolicy.default()
         self.tracker = StreamTracker(
             on_frame=on_frame,
+            on_frames=on_frames,
             on_gap=on_gap,
             on_reject=on_reject,
             last_seen=last_seen,
@@ -103,7 +106,8 @@ class StreamClient:
         cls,
         settings: Settings,
         *,
-        on_frame: Callable[[int, str], None],
+        on_frame: Callable[[int, str], None] | None = None,
+        on_frames: Callable[[list[Frame]], None] | None = None,
         on_gap: Callable[[str, int, int, str], None] | None = None,
         on_reject: Callable[[int, str, str], None] | None = None,
         last_seen: dict[str, int] | None = None,
@@ -113,6 +117,7 @@ class StreamClient:
         return cls(
             settings.url,
             on_frame=on_frame,
+            on_frames=on_frames,
             on_gap=on_gap,
             on_reject=on_reject,
             last_seen=last_seen,

@@ -9,10 +9,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
+from feed.frames import Frame
 from feed.ids import is_reset, is_whole_frame, peek
 
-__all__ = ["OTHER_STREAMS", "StreamTracker", "TrackerStats"]
+__all__ = ["OTHER_STREAMS", "Frame", "StreamTracker", "TrackerStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +43,32 @@ class StreamTracker:
     its next one: an interruption (`interrupt`), a stall (no frame for `stall_timeout_s`, see `check_stalls`), an id
     reset, a feed restart (streams passed in `last_seen`, e.g. from the previous process; a stream without one gets
     a short "feed started" gap at its first frame); and, at `stop`, "feed stopped" from each stream's last frame.
+    Forwarded frames go to `on_frames(list)`, a list per `handle_many` call, or else to `on_frame(received_ns, raw)`
+    one by one.
     """
 
     def __init__(
         self,
         *,
-        on_frame: Callable[[int, str], None],
+        on_frame: Callable[[int, str], None] | None = None,
+        on_frames: Callable[[list[Frame]], None] | None = None,
         on_gap: Callable[[str, int, int, str], None] | None = None,
         on_reject: Callable[[int, str, str], None] | None = None,
         last_seen: dict[str, int] | None = None,
         stall_timeout_s: float = 10.0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        self._on_frame = on_frame
+        if on_frames is None:
+            if on_frame is None:
+                raise TypeError("StreamTracker needs on_frame or on_frames")
+            one = on_frame
+
+            def each(frames: list[Frame]) -> None:
+                for received_ns, raw in frames:
+                    one(received_ns, raw)
+
+            on_frames = each
+        self._on_frames = on_frames
         self._on_gap = on_gap
         self._on_reject = on_reject
         self._previous = dict(last_seen or {})
@@ -138,35 +153,58 @@ class StreamTracker:
     def handle(self, received_ns: int, raw: str) -> str | None:
         """Forward a data message unless it is a duplicate; returns its stream when it is tracked and was forwarded
         (None for a dropped duplicate or a message of no tracked stream)."""
-        stream, luid = peek(raw)
-        gap = None
-        stats = self.stats
+        return self._handle([(received_ns, raw)])
+
+    def handle_many(self, frames: list[Frame]) -> None:
+        """`handle` each frame in order (under one lock), forwarding those kept in one list."""
+        self._handle(frames)
+
+    def _handle(self, frames: list[Frame]) -> str | None:
+        """Filter and account `frames`, report their gaps, forward the rest; the last frame's stream as `handle`
+        returns it."""
+        peeked = list(map(peek, map(itemgetter(1), frames)))  # outside the lock
+        out: list[Frame] = []
+        gaps = []
+        stats, last_ids, last_seen, interrupted = self.stats, self._last, self.last_seen, self._interrupted
+        per_stream = stats.per_stream
+        forwarded: str | None = None
         with self._lock:
-            if stream is None or stream not in self._streams:
-                stream = None  # forwarded for the worker to judge, but no state kept for a name we did not ask for
-                stats.per_stream[OTHER_STREAMS] = stats.per_stream.get(OTHER_STREAMS, 0) + 1
-            else:
-                if luid is not None:
-                    last = self._last.get(stream, -1)
-                    if luid > last:
-                        self._last[stream] = luid
-                    elif is_whole_frame(raw, luid):  # a broken frame that only looks stale is forwarded (and rejected)
-                        if not is_reset(last, luid):
-                            stats.duplicates += 1
-                            if luid < last:
-                                stats.stale += 1
-                            return None
-                        self._last[stream] = luid
-                        self._reset_locked(stream, received_ns, f"lastUpdateId reset from {last} to {luid}")
-                self.last_seen[stream] = received_ns
-                gap = self._interrupted.pop(stream, None) if self._interrupted else None
-                stats.per_stream[stream] = stats.per_stream.get(stream, 0) + 1
-            stats.frames += 1
-            stats.last_frame_ns = received_ns
-        if gap is not None and stream is not None:
-            self._report([(stream, gap[0] if gap[0] >= 0 else received_ns - _STARTED_NS, received_ns, gap[1])])
-        self._on_frame(received_ns, raw)
-        return stream
+            streams = self._streams
+            for frame, (stream, luid) in zip(frames, peeked, strict=True):
+                forwarded = None
+                if stream is None or stream not in streams:
+                    per_stream[OTHER_STREAMS] = per_stream.get(OTHER_STREAMS, 0) + 1
+                else:
+                    if luid is not None:
+                        last = last_ids.get(stream, -1)
+                        if luid > last:
+                            last_ids[stream] = luid
+                        elif is_whole_frame(frame[1], luid):  # a broken frame that only looks stale is forwarded
+                            if not is_reset(last, luid):
+                                stats.duplicates += 1
+                                if luid < last:
+                                    stats.stale += 1
+                                continue
+                            last_ids[stream] = luid
+                            self._reset_locked(stream, frame[0], f"lastUpdateId reset from {last} to {luid}")
+                    last_seen[stream] = frame[0]
+                    if interrupted:
+                        gap = interrupted.pop(stream, None)
+                        if gap is not None:
+                            received_ns = frame[0]
+                            start = gap[0] if gap[0] >= 0 else received_ns - _STARTED_NS
+                            gaps.append((stream, start, received_ns, gap[1]))
+                    per_stream[stream] = per_stream.get(stream, 0) + 1
+                    forwarded = stream
+                out.append(frame)
+            if out:
+                stats.frames += len(out)
+                stats.last_frame_ns = out[-1][0]
+        if gaps:
+            self._report(gaps)
+        if out:
+            self._on_frames(out)
+        return forwarded
 
     def _reset_locked(self, stream: str, received_ns: int, reason: str) -> None:
         """The server restarted its ids: the stream's data since its last frame may be missing."""

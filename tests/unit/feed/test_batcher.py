@@ -214,3 +214,28 @@ def test_flush_returns_after_a_batch_emitted_elsewhere(clock: FakeClock) -> None
     flusher.join(WAIT_S)
     reader.join(WAIT_S)
     assert out == [[frame(0)]]
+
+
+def test_add_many_cuts_every_full_batch_in_order_and_keeps_the_rest(
+    clock: FakeClock, emitted: list[list[Frame]]
+) -> None:
+    b = make_batcher(clock, emitted, max_frames=3)
+    b.add(frame(0))
+    b.add_many([frame(i) for i in range(1, 8)])  # 8 frames so far: two full batches, two left
+    assert emitted == [[frame(0), frame(1), frame(2)], [frame(3), frame(4), frame(5)]]
+    b.add_many([])
+    b.flush()
+    assert emitted[-1] == [frame(6), frame(7)]
+
+
+def test_frames_left_over_by_add_many_wait_from_that_call(clock: FakeClock, emitted: list[list[Frame]]) -> None:
+    b = make_batcher(clock, emitted, max_frames=3, max_wait_ms=100)
+    b.add(frame(0))
+    clock.advance_ms(90)
+    b.add_many([frame(1), frame(2), frame(3)])  # the first three go; frame 3 arrived now
+    clock.advance_ms(90)
+    b.flush_if_due()
+    assert emitted == [[frame(0), frame(1), frame(2)]]
+    clock.advance_ms(10)
+    b.flush_if_due()
+    assert emitted[-1] == [frame(3)]

@@ -234,3 +234,23 @@ def test_a_connection_the_server_closed_is_closed_at_once(feed: Feed) -> None:
     client, _ = feed([close_then_wait], backoff_base_s=30.0)
     wait_for(lambda: client.pool.reconnects() == 1, 10, "the server's close")
     wait_for(eof.is_set, 5, "the client's socket closed")
+
+
+def test_many_messages_in_one_read_arrive_in_order(feed: Feed) -> None:
+    books = [_book(i) for i in range(1, 201)]
+    _client, out = feed([_send(*(_frame(b) for b in books))])  # one write: read back in one or a few reads
+    wait_for(lambda: len(out.frames) == 200, 10, "every message")
+    assert out.frames == [b.decode() for b in books]
+
+
+def test_a_ping_is_answered_with_a_pong(feed: Feed) -> None:
+    def ping_then_book(conn: socket.socket) -> None:
+        conn.sendall(_frame(b"hi", opcode=0x9))
+        head = b""
+        while len(head) < 2:
+            head += conn.recv(64)
+        if head[0] == 0x8A:  # FIN + pong (masked: a client's frame)
+            conn.sendall(_frame(_book(3)))
+
+    _client, out = feed([ping_then_book])
+    wait_for(lambda: out.frames == [_book(3).decode()], 10, "the book sent after the pong")

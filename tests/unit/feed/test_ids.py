@@ -114,3 +114,16 @@ def test_only_a_whole_frame_with_that_id_counts_as_whole() -> None:
     assert is_whole_frame(raw, 7)
     assert not is_whole_frame(raw, 8)
     assert not is_whole_frame(raw[:-5], 7)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('{"stream":"a@depth5","data":{"E":1,"lastUpdateId":5,"bids":[]}}', ("a@depth5", 5)),
+        ('{"stream":"a@depth5","data":{"E":1,"lastUpdateId":"5","lastUpdateId":6}}', ("a@depth5", None)),
+        ('{"stream":"a@depth5","data":{"lastUpdateId":5x}}', ("a@depth5", None)),
+    ],
+    ids=["not-first", "first-occurrence-only", "not-followed-by-comma-or-brace"],
+)
+def test_peek_reads_the_first_last_update_id_wherever_it_is(raw: str, expected: tuple[str, int | None]) -> None:
+    assert peek(raw) == expected

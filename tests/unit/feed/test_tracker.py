@@ -267,3 +267,23 @@ def test_only_tracked_streams_have_state_the_rest_share_one_counter() -> None:
     assert set(tracker.last_seen) == {BTC}
     assert set(tracker._last) == {BTC}
     assert set(tracker._interrupted) <= set(tracker.streams)
+
+
+def test_handle_many_filters_like_handle_and_forwards_one_list() -> None:
+    clock = _Clock()
+    lists: list[list[tuple[int, str]]] = []
+    tracker = StreamTracker(on_frames=lists.append, clock_ns=clock)
+    tracker.track([BTC, ETH])
+    frames = [(1, _frame(10)), (2, _frame(12)), (3, _frame(12)), (4, _frame(11)), (5, _frame(5, ETH)), (6, "x")]
+    tracker.handle_many(frames)
+    assert lists == [[(1, _frame(10)), (2, _frame(12)), (5, _frame(5, ETH)), (6, "x")]]
+    assert (tracker.stats.frames, tracker.stats.duplicates, tracker.stats.stale) == (4, 2, 1)
+    assert tracker.stats.per_stream == {BTC: 2, ETH: 1, OTHER_STREAMS: 1}
+    assert tracker.last_seen == {BTC: 2, ETH: 5} and tracker.stats.last_frame_ns == 6
+    tracker.handle_many([(7, _frame(12))])  # nothing kept: nothing forwarded
+    assert len(lists) == 1
+
+
+def test_a_tracker_needs_somewhere_to_forward() -> None:
+    with pytest.raises(TypeError):
+        StreamTracker()

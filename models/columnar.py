@@ -199,7 +199,10 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
     bad_value = ~fine[0::2] | ~fine[1::2] | (prices <= 0) | (qtys <= 0) | (scale[0::2] != scale[1::2])
     ok &= np.bincount(level_parent[bad_value], minlength=n) == 0
     first = np.minimum(offsets, max(len(prices) - 1, 0))
-    zeros = _np(pc.binary_length(digits)).astype(np.int64) - _np(pc.binary_length(pc.utf8_rtrim(digits, "0")))
+    # At most 18 for the values taken; a longer value's book is not taken, but its place must stay an index.
+    zeros = np.minimum(
+        _np(pc.binary_length(digits)).astype(np.int64) - _np(pc.binary_length(pc.utf8_rtrim(digits, "0"))), 18
+    )
     return _Side(ok, offsets, first, level_parent, prices, qtys, floats[0::2], floats[1::2], zeros, scale[0::2])
 
 

@@ -142,6 +142,10 @@ def _mutations(good: str) -> list[str]:
         _frame({**data, "bids": [["0.00000000", "1.00000000"]]}),  # zero price
         _frame({**data, "bids": data["asks"], "asks": data["bids"][::-1][-3:]}),  # crossed
         _frame({**data, "bids": []}, "btcusdt@depth5"),
+        # Every value too wide for the fast path and with more trailing zeros than an int64 has digits.
+        _frame(
+            {**data, "bids": [["1" + "0" * 22 + ".0", "1" + "0" * 21 + ".0"]], "asks": [["2" + "0" * 22 + ".0", "3.0"]]}
+        ),
     ]
     for bad in BAD_NUMBERS:
         for k in range(4):
@@ -229,3 +233,20 @@ def test_live_items_of_the_fast_path_are_those_of_the_per_frame_path() -> None:
     assert not left
     slow = [parse_frame(raw, received_ns=ns) for ns, raw in items]
     assert live_items("binance", cols) == [live_item("binance", b, book_metrics(b)) for b in slow]
+
+
+def test_a_failing_fast_path_costs_cpu_never_a_batch(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from workers import envelope
+
+    def broken(_: object) -> None:
+        raise IndexError("a defect in the fast path")
+
+    frames = [_frame(_book(random.Random(1)))]
+    payload = make_batch(batch_id="b", frames=[(RECEIVED_NS, frames[0])])
+    monkeypatch.setattr(envelope, "parse_columns", broken)
+    with caplog.at_level("ERROR", logger="workers.envelope"):
+        batch = parse_batch(payload)
+    assert batch.columns is None and len(batch.books) == 1 and not batch.rejected
+    assert "the batch fast path failed" in caplog.text

@@ -180,7 +180,7 @@ def test_repeated_field_with_the_same_value_is_rejected() -> None:
     rejects(raw, match="repeated field 'bids'")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.sampled_from(["stream", "data", "lastUpdateId", "bids", "asks"]),
     st.sampled_from(['"btcusdt@depth20"', "{}", "[]", "1", '"1"', "null", '[["1","1"]]']),
@@ -495,7 +495,7 @@ def test_error_reason_and_context() -> None:
 
 # --- fuzz: anything in, a book or MalformedPayloadError out -------------------------------------------------------
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 texts = st.text(max_size=30)
 scalars = (
@@ -618,7 +618,7 @@ def test_what_parsing_learned_takes_no_part_in_equality_and_never_outlives_the_l
     assert moved.numbers() is None  # the floats of the old prices must not be taken for the new ones
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.lists(
         st.tuples(st.integers(0, 10**20 - 1), st.integers(1, 10**20 - 1)).map(lambda t: f"{t[0]}.{t[1]:020d}"),

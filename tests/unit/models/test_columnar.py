@@ -178,7 +178,7 @@ def test_text_that_is_not_utf8_encodable_goes_to_the_per_frame_path() -> None:
     assert_same(frames)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_fuzz_values_both_paths_agree(data: st.DataObject) -> None:
     """Books of random values: scales, widths, leading zeros, zeros, ties, signs; any mix per book."""

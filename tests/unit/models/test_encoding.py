@@ -50,7 +50,7 @@ def uniform_books(draw: st.DrawFn, *, zero_quantities: bool = True) -> tuple[int
     return scale, (bids, bq, asks, aq)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(uniform_books())
 def test_uniform_scale_books_round_trip_exactly_and_compactly(case: tuple[int, Columns]) -> None:
     scale, cols = case
@@ -65,7 +65,7 @@ PLAIN = st.builds(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.lists(st.lists(PLAIN, max_size=20), min_size=4, max_size=4))
 def test_any_plain_decimals_round_trip_exactly_in_any_order(cols: list[list[str]]) -> None:
     # Scales mixed or not, levels in any order (make_book skips the parser): each value comes back as sent.
@@ -159,7 +159,7 @@ def test_anything_else_is_refused(bad: str) -> None:
 # --- encode_uniform: what parse_frame already checked is not checked again ----------------------------------------
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(uniform_books())
 def test_encode_uniform_is_encode_levels_for_uniform_books(case: tuple[int, Columns]) -> None:
     scale, cols = case
@@ -167,7 +167,7 @@ def test_encode_uniform_is_encode_levels_for_uniform_books(case: tuple[int, Colu
         assert encode_uniform(*cols, scale=scale) == encode_levels(*cols)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(uniform_books(zero_quantities=False))
 def test_parsed_books_carry_the_scale_encode_uniform_needs(case: tuple[int, Columns]) -> None:
     _, (bp, bq, ap, aq) = case

@@ -15,7 +15,7 @@ from tests.factories import RECEIVED_NS, depth_samples, make_book, make_frame
 
 pytestmark = pytest.mark.unit
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REL_ERROR = Decimal("1e-12")
 REFERENCE = Context(prec=80)
 

@@ -174,7 +174,7 @@ def test_backslash_sequences_are_written_literally(text: str) -> None:
 ANY_TEXT = st.text(st.characters(exclude_categories=()) | st.sampled_from("\\\t\n\r\x00\ud800N."))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(ANY_TEXT, ANY_TEXT)
 def test_copy_text_round_trips_any_text(exchange: str, symbol: str) -> None:
     row = row_of(make_book(symbol=symbol), exchange=exchange)  # still one line of 16 fields (checked by row_of)
@@ -225,7 +225,7 @@ def test_ns_to_timestamp(ns: int, text: str) -> None:
     assert ns_to_timestamp(ns) == text
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.integers(min_value=0, max_value=4_102_444_800 * 10**9))  # up to 2100-01-01
 def test_ns_to_timestamp_truncates_to_the_microsecond_in_utc(ns: int) -> None:
     text = ns_to_timestamp(ns)

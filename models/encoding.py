@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from itertools import repeat
 
-__all__ = ["EncodedLevels", "decode_column", "encode_levels", "encode_uniform"]
+__all__ = ["EncodedLevels", "decimal_text", "decode_column", "encode_levels", "encode_uniform"]
 
 
 # The format. Binance writes every value of a book with the same number of decimals (8), so a book is stored as
@@ -175,11 +175,14 @@ def decode_column(encoded: str, *, scale: int | None, price_direction: int) -> l
         return encoded.split(",")
     k, first, *rest = map(int, encoded.split(","))
     ints = [first, *(first + price_direction * v for v in rest)] if price_direction else [first, *rest]
-    return [_decimal_text(v * 10**k, scale) for v in ints]
+    return [decimal_text(v * 10**k, scale) for v in ints]
 
 
-def _decimal_text(mantissa: int, scale: int) -> str:
-    """`mantissa` * 10^-scale written with `scale` decimals (a non-negative mantissa, as encoded books have)."""
+def decimal_text(mantissa: int, scale: int) -> str:
+    """`mantissa` * 10^-scale written with `scale` decimals, as format(Decimal, "f") writes it (a negative one, a
+    crossed book's spread, with its sign)."""
+    if mantissa < 0:
+        return "-" + decimal_text(-mantissa, scale)
     if not scale:
         return str(mantissa)
     digits = str(mantissa).rjust(scale + 1, "0")

@@ -15,6 +15,7 @@ from typing import Any
 
 from models.book import BookSnapshot
 from models.columnar import Columns
+from models.encoding import decimal_text
 from models.metrics import BookMetrics
 
 __all__ = ["LIVE_CHANNEL", "live_channel", "live_item", "live_items", "ns_to_rfc3339", "rfc3339"]
@@ -45,27 +46,20 @@ def _dec(v: Decimal | None) -> str | None:
 
 def live_item(exchange: str, book: BookSnapshot, metrics: BookMetrics) -> dict[str, Any]:
     """One stored book as pushed: its identity and metrics (decimals as the strings the book_metrics view gives)."""
-    return {
-        "exchange": exchange,
-        "symbol": book.symbol,
-        "received_at": ns_to_rfc3339(book.received_ns),
-        "last_update_id": book.last_update_id,
-        "depth": book.depth,
-        "best_bid": book.bid_prices[0] if book.bid_prices else None,
-        "best_ask": book.ask_prices[0] if book.ask_prices else None,
-        "spread": _dec(metrics.spread),
-        "bid_vwap": metrics.bid_vwap,
-        "ask_vwap": metrics.ask_vwap,
-        "price": metrics.price,
-        "crossed": metrics.crossed,
-    }
-
-
-def _scaled(v: int, scale: int) -> str:
-    """The decimal text of v * 10^-scale with `scale` decimals, as format(Decimal, "f") writes it."""
-    digits = str(abs(v)).rjust(scale + 1, "0")
-    text = f"{digits[:-scale]}.{digits[-scale:]}" if scale else digits
-    return "-" + text if v < 0 else text
+    return _item(
+        exchange,
+        book.symbol,
+        book.received_ns,
+        book.last_update_id,
+        book.depth,
+        book.bid_prices[0] if book.bid_prices else None,
+        book.ask_prices[0] if book.ask_prices else None,
+        _dec(metrics.spread),
+        metrics.bid_vwap,
+        metrics.ask_vwap,
+        metrics.price,
+        metrics.crossed,
+    )
 
 
 def live_items(exchange: str, cols: Columns) -> list[dict[str, Any]]:
@@ -85,19 +79,50 @@ def live_items(exchange: str, cols: Columns) -> list[dict[str, Any]]:
         strict=True,
     )
     return [
-        {
-            "exchange": exchange,
-            "symbol": symbol,
-            "received_at": ns_to_rfc3339(ns),
-            "last_update_id": luid,
-            "depth": depth,
-            "best_bid": _scaled(bid, scale),
-            "best_ask": _scaled(ask, scale),
-            "spread": _scaled(ask - bid, scale),
-            "bid_vwap": bid_vwap,
-            "ask_vwap": ask_vwap,
-            "price": price,
-            "crossed": crossed,
-        }
+        _item(
+            exchange,
+            symbol,
+            ns,
+            luid,
+            depth,
+            decimal_text(bid, scale),
+            decimal_text(ask, scale),
+            decimal_text(ask - bid, scale),
+            bid_vwap,
+            ask_vwap,
+            price,
+            crossed,
+        )
         for symbol, ns, luid, depth, scale, bid, ask, bid_vwap, ask_vwap, price, crossed in rows
     ]
+
+
+def _item(
+    exchange: str,
+    symbol: str,
+    received_ns: int,
+    last_update_id: int,
+    depth: int,
+    best_bid: str | None,
+    best_ask: str | None,
+    spread: str | None,
+    bid_vwap: float | None,
+    ask_vwap: float | None,
+    price: float | None,
+    crossed: bool,
+) -> dict[str, Any]:
+    """The one shape of a pushed item, whichever parse path made the book."""
+    return {
+        "exchange": exchange,
+        "symbol": symbol,
+        "received_at": ns_to_rfc3339(received_ns),
+        "last_update_id": last_update_id,
+        "depth": depth,
+        "best_bid": best_bid,
+        "best_ask": best_ask,
+        "spread": spread,
+        "bid_vwap": bid_vwap,
+        "ask_vwap": ask_vwap,
+        "price": price,
+        "crossed": crossed,
+    }

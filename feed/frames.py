@@ -176,9 +176,7 @@ class FrameReader:
                         continue
                     if end - at < length:
                         break
-                    payload = view[at : at + length]
-                    if masked:
-                        payload = memoryview(ABNF.mask(view[at - 4 : at].tobytes(), payload.tobytes()))
+                    payload = _payload(view, at, length, masked)
                     pos = at + length
                     if opcode != _CONT:
                         if fin:  # the common case: a whole message in one frame
@@ -207,9 +205,7 @@ class FrameReader:
                     raise websocket.WebSocketProtocolException(f"control frame of {length} bytes (fin={bool(fin)})")
                 if end - at < length:
                     break
-                payload = view[at : at + length]
-                if masked:
-                    payload = memoryview(ABNF.mask(view[at - 4 : at].tobytes(), payload.tobytes()))
+                payload = _payload(view, at, length, masked)
                 pos = at + length
                 if opcode == _PING:
                     self._ws.pong(payload.tobytes())
@@ -241,6 +237,13 @@ class FrameReader:
         self.message_bytes, self.head, self.oversized = 0, b"", False
         self.last_message_ns = now = self._clock_ns()
         self._on_refused(now, reason, excerpt)
+
+
+def _payload(view: memoryview, at: int, length: int, masked: int) -> memoryview:
+    """The `length` payload bytes of a frame starting at `at`, unmasked with the 4 key bytes before them if masked
+    (a server's frames never are; RFC 6455 5.3)."""
+    payload = view[at : at + length]
+    return memoryview(ABNF.mask(view[at - 4 : at].tobytes(), payload.tobytes())) if masked else payload
 
 
 def open_socket(

@@ -133,10 +133,17 @@ def _worker(tmp_path: Path, database_url: str, redis_url: str, prefix: str, **ex
 def _log(tmp_path: Path) -> list[dict[str, Any]]:
     """The worker's JSON log records (Celery's own start-up banner is not JSON)."""
     records = []
-    for line in (tmp_path / "worker.log").read_text().splitlines():
+    for line in (tmp_path / "worker.log").read_text().split("\n")[:-1]:  # whole lines: the worker may be mid-write
         if line.startswith("{"):
             records.append(json.loads(line))
     return records
+
+
+def _stored_record(tmp_path: Path) -> dict[str, Any]:
+    """The worker's one "stored batch" record, waited for: it is logged after the commit the test saw."""
+    wait_for(lambda: any(r.get("msg") == "stored batch" for r in _log(tmp_path)), 10, "the stored batch logged")
+    (stored,) = [r for r in _log(tmp_path) if r.get("msg") == "stored batch"]
+    return stored
 
 
 def test_a_batch_that_killed_its_worker_is_counted_and_stored_frame_by_frame_once(
@@ -160,7 +167,7 @@ def test_a_batch_that_killed_its_worker_is_counted_and_stored_frame_by_frame_onc
         assert int(counter.get(delivery_key(batch_id, key_prefix=prefix)) or 0) == 2
         assert _scalar(clean_db, "SELECT count(*) FROM ingest_batches WHERE batch_id = :b", b=batch_id) == 1
         assert _scalar(clean_db, "SELECT count(*) FROM rejected_messages") == 0
-        (stored,) = [r for r in _log(tmp_path) if r.get("msg") == "stored batch"]
+        stored = _stored_record(tmp_path)
         assert (stored["mode"], stored["deliveries"], stored["n_books"]) == ("frame by frame", 2, N_FRAMES)
     finally:
         stop_process(worker)
@@ -297,7 +304,7 @@ def test_an_unexpected_error_after_three_outage_retries_is_retried_not_given_up(
                 conn.execute(text("DROP FUNCTION refuse_claim()"))
         wait_for(lambda: _scalar(clean_db, "SELECT count(*) FROM order_books") == N_FRAMES, 30, "books stored")
         assert _scalar(clean_db, "SELECT count(*) FROM rejected_messages") == 0
-        (stored,) = [r for r in _log(tmp_path) if r.get("msg") == "stored batch"]
+        stored = _stored_record(tmp_path)
         assert stored["mode"] == "normal"  # the first unexpected error does not even lead to frame by frame
     finally:
         stop_process(worker)

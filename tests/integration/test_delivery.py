@@ -194,6 +194,7 @@ def test_a_batch_that_keeps_killing_its_worker_ends_recorded_as_rejected(
         wait_for(lambda: _scalar(clean_db, "SELECT count(*) FROM rejected_messages") == N_FRAMES, 30, "rejected")
         assert _scalar(clean_db, "SELECT count(*) FROM order_books") == 0
         assert int(counter.get(key) or 0) == 4
+        wait_for(lambda: any(r.get("mode") == "reject" for r in _log(tmp_path)), 10, "the reject logged")
         modes = [(r["mode"], r["deliveries"]) for r in _log(tmp_path) if r.get("logger") == "workers.deliveries"]
         assert modes == [("reject", 4)]
     finally:

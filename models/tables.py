@@ -21,6 +21,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import TIMESTAMP
+from sqlalchemy.dialects.postgresql import base as postgresql_base
+from sqlalchemy.types import UserDefinedType
 
 __all__ = [
     "PARTITION_PREFIX",
@@ -35,6 +37,32 @@ __all__ = [
 
 metadata = MetaData()
 TZ = TIMESTAMP(timezone=True)
+
+
+class Xid8(UserDefinedType[str]):
+    """PostgreSQL's 64-bit transaction id (SQLAlchemy has no such type)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "xid8"
+
+
+class PgSnapshot(UserDefinedType[str]):
+    """PostgreSQL's pg_snapshot (the transactions a snapshot sees), read and written as its text."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "pg_snapshot"
+
+
+# Reflection (alembic's drift check) knows them by name too.
+postgresql_base.ischema_names.setdefault("xid8", Xid8)
+postgresql_base.ischema_names.setdefault("pg_snapshot", PgSnapshot)
+
+# The transaction that wrote a row: workers.averages recomputes the windows of rows its previous run could not see.
+_WRITER_XID = (Xid8(), text("pg_current_xact_id()"))
 PARTITION_PREFIX = "book_snapshots_p"
 
 # One row per stored frame: the raw book (levels in the order sent, values exactly as sent) and its metrics.
@@ -100,7 +128,9 @@ ingest_batches = Table(
     Column("max_received_at", TZ),
     Column("n_books", Integer, nullable=False),
     Column("n_rejected", Integer, nullable=False),
+    Column("stored_xid", _WRITER_XID[0], server_default=_WRITER_XID[1]),
     Index("ingest_batches_stored_at", "stored_at"),
+    Index("ingest_batches_stored_xid", "stored_xid"),
 )
 
 # Intervals in which the feed may have missed a stream's frames (reconnect, stall, restart, dropped buffer).
@@ -116,8 +146,10 @@ feed_gap_intervals = Table(
     Column("reason", Text, nullable=False),
     Column("batch_id", Text, nullable=False),
     Column("recorded_at", TZ, nullable=False, server_default=func.now()),
+    Column("recorded_xid", _WRITER_XID[0], server_default=_WRITER_XID[1]),
     Index("feed_gap_intervals_identity", "exchange", "stream", "start_at", "end_at", unique=True),
     Index("feed_gap_intervals_recorded_at", "recorded_at"),
+    Index("feed_gap_intervals_recorded_xid", "recorded_xid"),
 )
 
 price_averages_table = Table(
@@ -140,4 +172,6 @@ averages_progress = Table(
     Column("window_seconds", Integer, primary_key=True),
     Column("computed_to", TZ, nullable=False),
     Column("last_run_at", TZ, nullable=False),
+    # The snapshot the last run computed from (NULL before its first run under the 7c41d2e9a0b3 revision).
+    Column("snapshot", PgSnapshot()),
 )

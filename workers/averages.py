@@ -2,9 +2,10 @@
 recompute closed windows idempotently (upsert), catching up on late rows.
 
 A window [start, start + w) is aligned to epoch multiples of w and computed once its end plus a grace has passed.
-Each run recomputes (1) every window since the previous run's end, minus a lookback, and (2) every window that
-received rows from batches stored since the previous run (a backlog, a redelivery); so a restart, a second beat or a
-late batch never leaves a window missing or wrong.
+Each run recomputes (1) every window closed since the previous run's end and (2) every window that received rows or
+gaps from transactions the previous run's snapshot did not see (a backlog, a redelivery, a batch committed while that
+run computed); so a restart, a second beat or a late batch never leaves a window missing or wrong, and a run costs
+what changed, not a fixed lookback.
 """
 
 from __future__ import annotations
@@ -16,15 +17,34 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from models.metrics import closed_range
+from models.metrics import closed_range, window_start
 from workers import storage
 
 __all__ = ["AveragesResult", "compute_averages"]
 
 logger = logging.getLogger(__name__)
 
-# Transactions that started before the previous run may commit after it; look that much further back.
+# Before a snapshot is recorded (first run after the upgrade that added them): transactions that started before the
+# previous run may commit after it; look that much further back.
 _COMMIT_MARGIN_S = 120.0
+# pg_advisory_xact_lock(key, window_seconds): one averages run per window size at a time ("bf" "av").
+_LOCK_KEY = 0x62666176
+# The earliest time that got rows or gaps from batches stored since `since` (epoch seconds).
+_LATE_SINCE = text(
+    "SELECT extract(epoch FROM least("
+    "  (SELECT min(min_received_at) FROM ingest_batches WHERE stored_at >= to_timestamp(:since)),"
+    "  (SELECT min(start_at) FROM feed_gap_intervals WHERE recorded_at >= to_timestamp(:since))))"
+)
+# The earliest time that got rows or gaps from transactions the snapshot `seen` did not see. Every transaction below
+# the snapshot's xmin had ended when it was taken, so the index range starts there.
+_LATE_UNSEEN = text(
+    "WITH s AS (SELECT CAST(:seen AS pg_snapshot) AS seen) "
+    "SELECT extract(epoch FROM least("
+    "  (SELECT min(b.min_received_at) FROM ingest_batches b, s WHERE b.stored_xid >= pg_snapshot_xmin(s.seen)"
+    "     AND NOT pg_visible_in_snapshot(b.stored_xid, s.seen)),"
+    "  (SELECT min(g.start_at) FROM feed_gap_intervals g, s WHERE g.recorded_xid >= pg_snapshot_xmin(s.seen)"
+    "     AND NOT pg_visible_in_snapshot(g.recorded_xid, s.seen))))"
+)
 
 # `complete` is false when a feed gap of the symbol overlaps the window: the feed may have missed books in it.
 _UPSERT = text(
@@ -66,48 +86,57 @@ def compute_averages(
     engine: Engine, *, window_s: int, now_s: float, grace_s: float, lookback_s: float
 ) -> AveragesResult:
     """Upsert every closed `window_s` window that may have changed; returns the range covered, in epoch seconds.
-
     avg_price = arithmetic mean of `price` over the uncrossed two-sided books received in the window; samples =
     their count; a window without such a book has no row. Raises TransientStorageError when PostgreSQL is down.
+
+    What may have changed: the windows closed since the previous run, and the windows that got rows or gaps from
+    transactions the previous run's snapshot did not see (a backlog, a redelivery, a batch that committed while
+    the previous run computed). Runs for one window size take turns (a transaction-scoped advisory lock), so each
+    run's snapshot sees everything the previous one saw. `lookback_s` only bounds the first run, and the one
+    after an upgrade from a version that recorded no snapshot.
     """
     with storage.translate_errors(), engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k, :w)"), {"k": _LOCK_KEY, "w": window_s})
+        # Taken before anything is read: a row committed after it is late for the next run, even if this run's
+        # later statements see it too (they then compute its window twice, never not at all).
+        snapshot = conn.execute(text("SELECT pg_current_snapshot()::text")).scalar_one()
         progress = conn.execute(
             text(
-                "SELECT extract(epoch FROM computed_to), extract(epoch FROM last_run_at) "
+                "SELECT extract(epoch FROM computed_to), extract(epoch FROM last_run_at), snapshot::text "
                 "FROM averages_progress WHERE window_seconds = :w"
             ),
             {"w": window_s},
         ).first()
+        done_to: float | None = None
         if progress is None:
-            since_s = 0.0  # first run: everything stored so far
+            late = conn.execute(_LATE_SINCE, {"since": 0.0}).scalar()  # first run: everything stored so far
             from_s = float(now_s - lookback_s)
-        else:
-            since_s = float(progress[1]) - _COMMIT_MARGIN_S
+        elif progress[2] is None:  # no snapshot recorded yet: a commit margin before the previous run
+            late = conn.execute(_LATE_SINCE, {"since": float(progress[1]) - _COMMIT_MARGIN_S}).scalar()
             from_s = min(float(progress[0]), now_s) - lookback_s
-        # Windows that got rows or gaps since the last run (a backlog, a redelivery, a gap reported late).
-        late = conn.execute(
-            text(
-                "SELECT extract(epoch FROM least("
-                "  (SELECT min(min_received_at) FROM ingest_batches WHERE stored_at >= to_timestamp(:since)),"
-                "  (SELECT min(start_at) FROM feed_gap_intervals WHERE recorded_at >= to_timestamp(:since))))"
-            ),
-            {"since": since_s},
-        ).scalar()
+        else:
+            late = conn.execute(_LATE_UNSEEN, {"seen": progress[2]}).scalar()
+            done_to = float(progress[0])
+            from_s = done_to
         if late is not None:
             from_s = min(from_s, float(late))
         lo, to_s = closed_range(from_s=from_s, now_s=now_s, window_s=window_s, grace_s=grace_s)
+        if done_to is not None and to_s < done_to:  # a task run late: the snapshot it records covers all done
+            to_s = int(done_to)
+            lo = min(window_start(from_s, window_s), to_s)
         n = 0
         if lo < to_s:
             n = conn.execute(_UPSERT, {"w": window_s, "lo": lo, "hi": to_s}).rowcount
         conn.execute(
             text(
-                "INSERT INTO averages_progress (window_seconds, computed_to, last_run_at) "
-                "VALUES (:w, to_timestamp(:to), to_timestamp(:now)) "
+                "INSERT INTO averages_progress (window_seconds, computed_to, last_run_at, snapshot) "
+                "VALUES (:w, to_timestamp(:to), to_timestamp(:now), CAST(:snapshot AS pg_snapshot)) "
                 "ON CONFLICT (window_seconds) DO UPDATE SET "
                 "computed_to = greatest(averages_progress.computed_to, EXCLUDED.computed_to), "
-                "last_run_at = greatest(averages_progress.last_run_at, EXCLUDED.last_run_at)"
+                "last_run_at = greatest(averages_progress.last_run_at, EXCLUDED.last_run_at), "
+                "snapshot = EXCLUDED.snapshot"
             ),
-            {"w": window_s, "to": to_s, "now": now_s},
+            {"w": window_s, "to": to_s, "now": now_s, "snapshot": snapshot},
         )
     return AveragesResult(window_s=window_s, from_s=lo, to_s=to_s, n_windows=n)
 

@@ -9,7 +9,9 @@ from sqlalchemy import Engine, text
 
 from models.messages import make_batch
 from tests.integration._frames import frame, simple_book
+from workers import storage
 from workers.averages import compute_averages
+from workers.envelope import parse_batch
 from workers.ingest import ingest_batch
 
 pytestmark = pytest.mark.integration
@@ -96,3 +98,36 @@ def test_late_rows_and_reruns_correct_windows_without_duplicates(clean_db: Engin
             )
         ).scalar_one()
     assert dup == 0
+
+
+def test_a_run_recomputes_only_the_windows_closed_since_the_previous_one(clean_db: Engine) -> None:
+    # 20 minutes of books; the lookback (600 s) bounds only the first run: later runs cost what changed.
+    frames = [((S + 5 * k) * NS, simple_book(100 + k % 7, luid=k)) for k in range(240)]
+    ingest_batch(clean_db, make_batch(batch_id="twenty-minutes", frames=frames))
+    first = compute_averages(clean_db, window_s=30, now_s=S + 600, grace_s=5, lookback_s=600)
+    assert first.from_s <= S
+    second = compute_averages(clean_db, window_s=30, now_s=S + 700, grace_s=5, lookback_s=600)
+    assert (second.from_s, second.to_s) == (first.to_s, S + 690)  # three new windows, not ten minutes again
+    again = compute_averages(clean_db, window_s=30, now_s=S + 700, grace_s=5, lookback_s=600)
+    assert again.from_s == again.to_s == second.to_s  # nothing changed, nothing read
+    late = compute_averages(clean_db, window_s=30, now_s=S + 600, grace_s=5, lookback_s=600)  # a task run late
+    assert late.to_s == second.to_s and late.n_windows == 0
+
+
+def test_a_batch_committed_while_a_run_computed_is_counted_by_the_next_run(clean_db: Engine) -> None:
+    ingest_batch(clean_db, make_batch(batch_id="early", frames=[((S + 20) * NS, simple_book(100, luid=1))]))
+    start = (S + 20) - (S + 20) % 30
+    flight = parse_batch(make_batch(batch_id="in-flight", frames=[((S + 21) * NS, simple_book(200, luid=2))]))
+    with clean_db.connect() as conn, conn.begin():  # a worker's transaction, open across the run below
+        assert storage.claim_batch(
+            conn, batch_id="in-flight", n_books=1, n_rejected=0, min_ns=(S + 21) * NS, max_ns=(S + 21) * NS
+        )
+        rows = storage.to_rows(flight.books, exchange=flight.exchange)
+        if flight.columns is not None:
+            rows += storage.columns_to_rows(flight.columns, exchange=flight.exchange)
+        storage.copy_books(conn, rows)
+        compute_averages(clean_db, window_s=30, now_s=S + 100, grace_s=5, lookback_s=60)
+        assert _prices(clean_db, 30)[start][1] == 1  # not committed yet: not seen
+    # Committed after that run's snapshot; the next run, with nothing newly closed, corrects the window.
+    compute_averages(clean_db, window_s=30, now_s=S + 100, grace_s=5, lookback_s=60)
+    assert _prices(clean_db, 30)[start][1] == 2

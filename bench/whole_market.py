@@ -2,7 +2,9 @@
 shards) subscribing `--symbols all`, Redis, PostgreSQL and a Celery worker node with W processes (and beat), all
 on this machine, as `bookfeed up --symbols all --speed 100ms` runs them. Sampled once a second: frames offered,
 received, stored; the queue; CPU per component; batches as they commit. Then: drain time after the feed stops,
-receive->committed percentiles, bytes per stored snapshot over every table, index and TOAST."""
+receive->committed percentiles, bytes per stored snapshot over every table, index and TOAST. Last, the capacity
+phase: the stored rate above can never pass the offered load, so the worker node is stopped, the simulator and feeds
+queue a backlog, stop, and the node (started again, alone with beat) is timed while it drains that backlog."""
 
 from __future__ import annotations
 
@@ -19,17 +21,37 @@ from sqlalchemy import Connection, create_engine, text
 
 from bench import probes
 from bench.probes import MACHINE
-from bench.report import BatchRow, bucket_sum, latency_series, rate_between, rates, weighted_percentiles
+from bench.report import (
+    BatchRow,
+    bucket_sum,
+    drain_rate,
+    latency_series,
+    middle_rate,
+    rate_between,
+    rates,
+    weighted_percentiles,
+)
 from stack.harness import ROOT, Harness, beat_command, bookfeed_command, feed_command, free_port, log_line
 from workers.commands import worker_command
 
-__all__ = ["Scenario", "run_scenario", "storage_bytes", "summarise"]
+__all__ = [
+    "CAPACITY",
+    "CAPACITY_MIDDLE",
+    "Drain",
+    "Scenario",
+    "run_scenario",
+    "storage_bytes",
+    "summarise",
+    "summarise_capacity",
+]
 
 OTHERS = "other processes on the machine"
 BENCH = "bench (this process)"
 _NOT_PIPELINE = frozenset({BENCH, OTHERS})
 _POLL_S = 0.25  # how often committed batches are read
 _SIM_FLAGS = ("--not-trading", "0", "--seed", "1")  # every made-up symbol trades; the same market each run
+CAPACITY = "stored frames/s draining the backlog (first commit to last commit)"
+CAPACITY_MIDDLE = "stored frames/s, middle 80 % of the backlog (by transaction start)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +65,7 @@ class Scenario:
     drain_timeout_s: float = 300.0
     sample_s: float = 1.0
     batch_frames: int | None = None  # BOOKFEED_BATCH_MAX_FRAMES for the feeds (None: the setting's default)
+    backlog_s: float = 20.0  # capacity phase: seconds the feeds queue frames with the worker node stopped (0: none)
 
     @property
     def label(self) -> str:
@@ -66,6 +89,17 @@ class Sample:
     pending_tasks: int
     cpu: dict[str, float]
     feed_t: float | None = None  # when the feeds wrote the counts read (their own clock); None: read at t
+
+
+@dataclass
+class Drain:
+    """The capacity phase as run: how long the feeds queued frames, when the worker node was started again, when
+    the queue was first seen empty (None: not within the drain timeout), the samples taken while it drained."""
+
+    fill_s: float
+    t_worker_start: float
+    t_empty: float | None
+    samples: list[Sample]
 
 
 def _env(
@@ -146,10 +180,90 @@ def _sample(sc_port: int, rd: redis.Redis, prefix: str, cpu: probes.CpuMeter) ->
     return Sample(time.time(), offered, received, published, queued, pending, cpu.sample(), stamped)
 
 
+def _start_simulator(harness: Harness, sc: Scenario, port: int) -> None:
+    harness.start(
+        "simulator",
+        bookfeed_command("simulate", "--port", str(port), "--random-symbols", str(sc.symbols), *_SIM_FLAGS),
+        ready=log_line("listening on"),
+    )
+
+
+def _start_worker(harness: Harness, sc: Scenario, tag: str) -> None:
+    harness.start("worker", worker_command(concurrency=sc.workers, name=f"bench-{tag}"), ready=log_line("ready."))
+
+
+def _start_feeds(harness: Harness, sc: Scenario) -> None:
+    for i in range(sc.shards):
+        extra = {"BOOKFEED_SHARD": f"{i}/{sc.shards}"} if sc.shards > 1 else {}
+        harness.start(f"feed-{i}", feed_command(), extra_env=extra)
+
+
+def _stop_sources(harness: Harness, sc: Scenario) -> None:
+    """Stop the feeds (each flushes its last batch) and then the simulator."""
+    for i in range(sc.shards):
+        harness.stop(f"feed-{i}", timeout=60)
+    harness.stop("simulator")
+
+
+def _drain(
+    sample: Callable[[], Sample], poll: Callable[[], None], *, timeout_s: float, check: Callable[[], None]
+) -> tuple[list[Sample], float | None]:
+    """Sample and poll every _POLL_S until the broker holds no task in two samples in a row; (the samples, the time
+    of the first of those two, or None after `timeout_s`)."""
+    samples: list[Sample] = []
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        check()
+        s = sample()
+        samples.append(s)
+        poll()
+        if s.pending_tasks == 0 and len(samples) > 1 and samples[-2].pending_tasks == 0:
+            return samples, samples[-2].t
+        time.sleep(_POLL_S)
+    return samples, None
+
+
+def _capacity_phase(
+    sc: Scenario,
+    harness: Harness,
+    *,
+    tag: str,
+    port: int,
+    sample: Callable[[], Sample],
+    poll: Callable[[], None],
+    out: Callable[[str], None],
+) -> Drain:
+    """With the queue empty: stop the worker node, let the simulator and feeds queue `sc.backlog_s` seconds of
+    frames, stop them (so that, as for the bare COPY limit, nothing else competes for the cores), start the node
+    again with the same processes (beat keeps running) and sample until the queue is empty."""
+
+    def check() -> None:
+        problem = harness.exited()
+        if problem:
+            raise RuntimeError(problem)
+
+    harness.stop("worker")
+    _start_simulator(harness, sc, port)
+    _start_feeds(harness, sc)
+    t_fill = time.monotonic()
+    out(f"  capacity phase: worker node stopped, the feed queues {sc.backlog_s:.0f} s of frames")
+    while time.monotonic() - t_fill < sc.backlog_s:
+        check()
+        time.sleep(min(0.5, max(0.0, sc.backlog_s - (time.monotonic() - t_fill))))
+    _stop_sources(harness, sc)
+    fill_s = time.monotonic() - t_fill
+    out("  capacity phase: feed and simulator stopped, worker node draining the backlog alone")
+    t_worker_start = time.time()
+    _start_worker(harness, sc, tag)
+    samples, t_empty = _drain(sample, poll, timeout_s=sc.drain_timeout_s, check=check)
+    return Drain(fill_s, t_worker_start, t_empty, samples)
+
+
 def run_scenario(
     sc: Scenario, *, db_url: str, redis_url: str, workdir: Path, out: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Run one scenario against a migrated, empty database; returns its report (series included)."""
+    """Run one scenario against a migrated, empty database; returns its report (series included), with the
+    capacity phase's under "capacity" (None when skipped: no backlog asked, or the queue did not empty)."""
     prefix = f"bookfeed-bench-{uuid.uuid4().hex[:8]}:"  # this run's queues and stats, removed at the end
     port = free_port()
     tag = f"w{sc.workers}-s{sc.shards}-{uuid.uuid4().hex[:4]}"
@@ -159,20 +273,13 @@ def run_scenario(
     engine = create_engine(db_url, pool_size=2, isolation_level="AUTOCOMMIT")
     samples: list[Sample] = []
     poller = probes.BatchPoller()
+    drain: Drain | None = None
     try:
         with engine.connect() as conn:
-            harness.start(
-                "simulator",
-                bookfeed_command("simulate", "--port", str(port), "--random-symbols", str(sc.symbols), *_SIM_FLAGS),
-                ready=log_line("listening on"),
-            )
-            harness.start(
-                "worker", worker_command(concurrency=sc.workers, name=f"bench-{tag}"), ready=log_line("ready.")
-            )
+            _start_simulator(harness, sc, port)
+            _start_worker(harness, sc, tag)
             harness.start("beat", beat_command(workdir / f"celerybeat-schedule-{tag}"))
-            for i in range(sc.shards):
-                extra = {"BOOKFEED_SHARD": f"{i}/{sc.shards}"} if sc.shards > 1 else {}
-                harness.start(f"feed-{i}", feed_command(), extra_env=extra)
+            _start_feeds(harness, sc)
             cpu = probes.CpuMeter(_sources(harness, rd, conn))
             t_start = time.time()
             measure = (t_start + sc.warmup_s, t_start + sc.warmup_s + sc.duration_s)
@@ -191,29 +298,40 @@ def run_scenario(
                 next_at += _POLL_S
                 time.sleep(max(0.0, next_at - time.monotonic()))
             t_stop = time.time()
-            for i in range(sc.shards):
-                harness.stop(f"feed-{i}", timeout=60)
-            harness.stop("simulator")
-            drained_at = None
-            empty_once = False
-            while time.time() < t_stop + sc.drain_timeout_s:
-                s = _sample(port, rd, prefix, cpu)
-                samples.append(s)
-                poller.poll(conn)
-                if s.pending_tasks == 0 and empty_once:
-                    drained_at = s.t
-                    break
-                empty_once = s.pending_tasks == 0
-                time.sleep(_POLL_S)
-            batches = poller.final(conn)
+            _stop_sources(harness, sc)
+            drained, drained_at = _drain(
+                lambda: _sample(port, rd, prefix, cpu),
+                lambda: poller.poll(conn),
+                timeout_s=sc.drain_timeout_s,
+                check=lambda: None,
+            )
+            samples += drained
             sizes = storage_bytes(conn)
+            if sc.backlog_s > 0 and drained_at is not None:
+                drain = _capacity_phase(
+                    sc,
+                    harness,
+                    tag=tag,
+                    port=port,
+                    sample=lambda: _sample(port, rd, prefix, cpu),
+                    poll=lambda: poller.poll(conn),
+                    out=out,
+                )
+            elif sc.backlog_s > 0:
+                out("  capacity phase skipped: the queue did not empty after the run")
+            batches = poller.final(conn)
     finally:
         harness.stop_all()
         for key in rd.scan_iter(prefix + "*"):
             rd.delete(key)
         rd.close()
         engine.dispose()
-    return summarise(sc, samples, batches, sizes, t_start=t_start, t_stop=t_stop, drained_at=drained_at)
+    t_split = drain.t_worker_start if drain else float("inf")  # no batch commits while the node is stopped
+    before = [b for b in batches if b.stored_at < t_split]
+    report = summarise(sc, samples, before, sizes, t_start=t_start, t_stop=t_stop, drained_at=drained_at)
+    after = [b for b in batches if b.stored_at >= t_split]
+    report["capacity"] = None if drain is None else summarise_capacity(drain, after)
+    return report
 
 
 def _monotonic(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -224,6 +342,61 @@ def _monotonic(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
             continue
         out.append((t, v))
     return out
+
+
+def _cpu_seconds(first: Sample, last: Sample) -> dict[str, float]:
+    """CPU seconds each component used between two samples; what the machine was busy with beyond them as OTHERS."""
+    used = {name: last.cpu.get(name, 0.0) - first.cpu.get(name, 0.0) for name in last.cpu}
+    if MACHINE in used:
+        used[OTHERS] = used.pop(MACHINE) - sum(used.values())
+    return used
+
+
+def summarise_capacity(drain: Drain, batches: list[BatchRow]) -> dict[str, Any]:
+    """The capacity phase's report from the batches committed after the worker node started again: the frames/s it
+    stored from its first commit (transaction start) to its last (the headline: the whole drain, the pool's start and
+    its last batches included; beat's averaging runs count too), the same over the middle 80 % of the backlog, and
+    CPU per component over the drain (per stored frame: every frame of the backlog). The last commit's time is an
+    upper bound: when the bench first saw it, or saw the queue empty, whichever came first (within _POLL_S)."""
+    phase = sorted(batches, key=lambda b: b.stored_at)
+    frames = sum(b.n_books for b in phase)
+    t_first = phase[0].stored_at if phase else None
+    seen = [b.seen_at for b in phase]
+    last_seen = max(t for t in seen if t is not None) if phase and None not in seen else None
+    end = min((t for t in (drain.t_empty, last_seen) if t is not None), default=None)
+    cpu: dict[str, float] = {}
+    cpu_us: dict[str, float] = {}
+    if t_first is not None and end is not None and drain.samples:
+        first = next((s for s in reversed(drain.samples) if s.t <= t_first), drain.samples[0])
+        last = next((s for s in drain.samples if s.t >= end), drain.samples[-1])
+        used = _cpu_seconds(first, last)
+        span = last.t - first.t
+        cpu = {name: 100.0 * v / span for name, v in used.items()} if span > 0 else {}
+        cpu_us = {name: 1e6 * v / frames for name, v in used.items() if name != OTHERS and frames}
+    return {
+        "summary": {
+            "backlog queued for s (feed running, worker node stopped)": drain.fill_s,
+            "backlog frames stored": frames,
+            "backlog batches": len(phase),
+            "worker node start -> first commit s": None if t_first is None else t_first - drain.t_worker_start,
+            "drain s (first commit -> last commit)": None if t_first is None or end is None else end - t_first,
+            "queue empty by the end": "yes" if drain.t_empty is not None else "no (timed out)",
+            CAPACITY: drain_rate(phase, end=end) if end is not None else 0.0,
+            CAPACITY_MIDDLE: middle_rate(phase, share=0.8),
+        },
+        "cpu_percent_of_one_core": cpu,
+        "cpu_us_per_frame": cpu_us,
+        "cores per 10,000 frames/s (pipeline, from CPU per frame)": sum(
+            us for name, us in cpu_us.items() if name not in _NOT_PIPELINE
+        )
+        / 100.0,
+        "series": {
+            "stored_by_commit_second": bucket_sum(
+                ((b.stored_at, float(b.n_books)) for b in phase), origin=drain.t_worker_start
+            ),
+            "queue_tasks": [(s.t - drain.t_worker_start, float(s.pending_tasks)) for s in drain.samples],
+        },
+    }
 
 
 def summarise(
@@ -269,12 +442,7 @@ def summarise(
     cpu_first = next((s for s in samples if s.t >= lo), samples[0])
     cpu_last = [s for s in samples if s.t <= hi][-1]
     span = cpu_last.t - cpu_first.t
-    cpu = {
-        name: 100.0 * (cpu_last.cpu.get(name, 0.0) - cpu_first.cpu.get(name, 0.0)) / span if span > 0 else 0.0
-        for name in cpu_last.cpu
-    }
-    if MACHINE in cpu:
-        cpu[OTHERS] = cpu.pop(MACHINE) - sum(cpu.values())
+    cpu = {name: 100.0 * used / span if span > 0 else 0.0 for name, used in _cpu_seconds(cpu_first, cpu_last).items()}
     stored_rate = stored_in / sc.duration_s
     committed_of_window = sum(b.n_books for b in in_window)
     # Per frame of what each component handles: the simulator offers, the feeds and Redis carry what is received.
@@ -295,6 +463,7 @@ def summarise(
             "warmup_s": sc.warmup_s,
             "duration_s": sc.duration_s,
             "batch_frames": sc.batch_frames,
+            "backlog_s": sc.backlog_s,
         },
         "measure_window_s": [sc.warmup_s, sc.warmup_s + sc.duration_s],
         "summary": {

@@ -1,5 +1,6 @@
-"""The whole-market bench's pure parts: its option lists, rates from counters, weighted percentiles, per-second
-series, the run summary, the printed table and the plot file. No services, no timing."""
+"""The whole-market bench's pure parts: its option lists, rates from counters and from a backlog's drain, weighted
+percentiles, per-second series, the run and capacity summaries, the ratios, the printed table and the plot file. No
+services, no timing."""
 
 from __future__ import annotations
 
@@ -12,16 +13,29 @@ from bench.probes import MACHINE
 from bench.report import (
     BatchRow,
     bucket_sum,
+    drain_rate,
     format_summary,
     latency_series,
+    middle_rate,
     parse_list,
     plot,
     rate_between,
     rates,
     ratio,
+    ratios,
     weighted_percentiles,
 )
-from bench.whole_market import OTHERS, Sample, Scenario, _env, summarise
+from bench.whole_market import (
+    CAPACITY,
+    CAPACITY_MIDDLE,
+    OTHERS,
+    Drain,
+    Sample,
+    Scenario,
+    _env,
+    summarise,
+    summarise_capacity,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -80,6 +94,89 @@ def test_latency_series_takes_each_batch_oldest_frame_per_commit_second() -> Non
 def test_ratio_is_none_without_a_denominator() -> None:
     assert ratio(12.0, 3.0) == 4.0
     assert ratio(12.0, 0.0) is None
+
+
+def _drain_batches(t0: float = 100.0) -> list[BatchRow]:
+    """A drain: the pool's first batch alone, then 1,000 books every 0.1 s for 9 s, then a last small batch."""
+    steady = [BatchRow(f"s{i}", t0 + 1.0 + i / 10, None, None, 1000, seen_at=t0 + 1.2 + i / 10) for i in range(90)]
+    return [
+        BatchRow("first", t0, None, None, 1000, seen_at=t0 + 0.9),
+        *steady,
+        BatchRow("last", t0 + 10.0, None, None, 200, seen_at=t0 + 10.2),
+    ]
+
+
+def test_drain_rate_counts_every_batch_from_the_first_start_to_the_end() -> None:
+    batches = _drain_batches()
+    assert drain_rate(batches, end=110.2) == pytest.approx(91_200 / 10.2)
+    assert drain_rate([], end=1.0) == 0.0
+    assert drain_rate(batches, end=100.0) == 0.0
+
+
+def test_middle_rate_leaves_out_the_lead_in_and_the_tail() -> None:
+    assert middle_rate(_drain_batches()) == pytest.approx(10_000.0)
+    assert middle_rate([BatchRow("one", 1.0, None, None, 10)]) is None
+    assert middle_rate([]) is None
+
+
+def test_ratios_keep_the_capped_in_window_figures_apart_from_the_capacity() -> None:
+    r = ratios(
+        stored_in_window=14_958.0,
+        offered=15_000.0,
+        capacity=20_000.0,
+        capacity_middle=25_000.0,
+        naive=400.0,
+        bare_copy=60_000.0,
+    )
+    assert r["in window vs bare COPY (200-row chunks) (capped by the offered load)"] == pytest.approx(0.2493)
+    assert r["cap of in window vs bare COPY: offered / bare COPY"] == pytest.approx(0.25)
+    assert r["capacity vs bare COPY (200-row chunks)"] == pytest.approx(1 / 3)
+    assert r["capacity (middle 80 %) vs bare COPY (200-row chunks)"] == pytest.approx(25 / 60)
+    assert r["capacity vs naive"] == 50.0 and r["in window vs naive (capped by the offered load)"] == 14_958 / 400
+    none = ratios(stored_in_window=1.0, offered=1.0, capacity=None, capacity_middle=None, naive=0.0, bare_copy=0.0)
+    assert set(none.values()) == {None}
+
+
+def test_summarise_capacity_times_the_drain_and_its_cpu() -> None:
+    t0 = 100.0
+    samples = [
+        Sample(
+            t0 - 2.0 + t / 4,
+            offered=-1,
+            received=0,
+            published=0,
+            queued_tasks=0,
+            pending_tasks=max(0, 50 - t),
+            cpu={"feed-0": 5.0, "workers (node + pool)": 10.0 + 0.45 * t, MACHINE: 20.0 + 0.5 * t},
+        )
+        for t in range(60)
+    ]
+    drain = Drain(fill_s=20.0, t_worker_start=t0 - 2.5, t_empty=t0 + 10.5, samples=samples)
+    report = summarise_capacity(drain, _drain_batches(t0))
+    s = report["summary"]
+    assert s["backlog frames stored"] == 91_200 and s["backlog batches"] == 92
+    assert s["worker node start -> first commit s"] == pytest.approx(2.5)
+    # The last batch was seen at 110.2, before the queue was seen empty at 110.5: the drain ends there.
+    assert s["drain s (first commit -> last commit)"] == pytest.approx(10.2)
+    assert s[CAPACITY] == pytest.approx(91_200 / 10.2)
+    assert s[CAPACITY_MIDDLE] == pytest.approx(10_000.0)
+    assert s["queue empty by the end"] == "yes"
+    cpu = report["cpu_percent_of_one_core"]
+    assert cpu["feed-0"] == 0.0  # stopped: nothing used
+    assert cpu["workers (node + pool)"] == pytest.approx(180.0)  # 0.45 s every 0.25 s
+    assert cpu[OTHERS] == pytest.approx(20.0)
+    per_frame = report["cpu_us_per_frame"]
+    # from the sample at t0 (t = 8) to the one at 110.25 (t = 49): 41 samples of 0.45 s over every backlog frame
+    assert per_frame["workers (node + pool)"] == pytest.approx(1e6 * 41 * 0.45 / 91_200)
+    assert OTHERS not in per_frame
+    assert report["series"]["queue_tasks"][0] == (0.5, 50.0)
+
+
+def test_summarise_capacity_without_batches_reports_nothing_stored() -> None:
+    drain = Drain(fill_s=5.0, t_worker_start=0.0, t_empty=None, samples=[])
+    s = summarise_capacity(drain, [])["summary"]
+    assert s["backlog frames stored"] == 0 and s[CAPACITY] == 0.0 and s[CAPACITY_MIDDLE] is None
+    assert s["queue empty by the end"] == "no (timed out)"
 
 
 def _run() -> dict[str, object]:
@@ -165,7 +262,14 @@ def test_batch_frames_reaches_the_scenario_and_its_label() -> None:
 
 def test_quick_is_a_short_small_run() -> None:
     runs = scenarios(build_parser().parse_args(["--quick"]))
-    assert [(r.symbols, r.warmup_s, r.duration_s) for r in runs] == [(150, 8.0, 10.0)]
+    assert [(r.symbols, r.warmup_s, r.duration_s, r.backlog_s) for r in runs] == [(150, 8.0, 10.0, 5.0)]
+
+
+def test_backlog_seconds_sets_the_capacity_phase() -> None:
+    (default,) = scenarios(build_parser().parse_args([]))
+    assert default.backlog_s == 20.0
+    (skipped,) = scenarios(build_parser().parse_args(["--backlog-seconds", "0"]))
+    assert skipped.backlog_s == 0.0
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ it covers; see README "Delivery promise"."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from kombu.entity import Exchange, Queue
 
 from models.coldstore import ARCHIVE_TASK
@@ -10,6 +12,7 @@ from models.errors import ConfigError
 from models.messages import transport_options
 from models.settings import get_settings
 from models.vocabulary import AVERAGES_TASK, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE, QUEUES, WINDOWS_S
+from workers.schedules import Aligned
 
 try:
     _settings = get_settings()
@@ -71,16 +74,19 @@ task_send_sent_event = False
 worker_hijack_root_logger = False
 
 # Exactly one beat runs these (docker-compose pins beat to one replica). A second beat by mistake is harmless: the
-# tasks upsert the same rows. One entry per window size; `expires` (5/6 of the period) drops runs that could not
-# start in time instead of piling them up.
-beat_schedule = {
+# tasks upsert the same rows. One entry per window size, on the clock: a second after each window closes (its end
+# plus the grace), the sizes 15 s apart, so that two sizes never scan books at the same instant (at the whole market
+# that stalled storing for seconds); `expires` (5/6 of the period) drops runs that could not start in time instead
+# of piling them up.
+AVERAGES_SPREAD_S = 15.0
+beat_schedule: dict[str, dict[str, Any]] = {
     f"price-averages-{w}s": {
         "task": AVERAGES_TASK,
-        "schedule": float(w),
+        "schedule": Aligned(w, (_settings.averages_grace_s + 1.0 + i * AVERAGES_SPREAD_S) % w),
         "kwargs": {"window_s": w},
         "options": {"expires": w * 5 // 6, "queue": METRICS_QUEUE},
     }
-    for w in WINDOWS_S
+    for i, w in enumerate(WINDOWS_S)
 }
 # The cold archive (workers.archive): each closed UTC day to BOOKFEED_ARCHIVE_URL, hourly; a no-op when unset. Runs
 # that overlap (a redelivery past the visibility timeout, `bookfeed archive` at the same time) are serialised by a

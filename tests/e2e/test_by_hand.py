@@ -53,8 +53,8 @@ def test_parts_started_by_hand_fill_price_averages(
     procs: dict[str, subprocess.Popen[bytes]] = {"migrate": migrate}
     with SimulatorThread(SimConfig(symbols=("BTCUSDT",), seed=3, rate=20.0)) as sim:
         try:
-            # Beat's first run comes one schedule period (30 s) after it starts: the feed first, so that the period
-            # ends with a closed window of books, then beat, then the worker (ready long before beat's run).
+            # Beat runs the averages 6 s past each 30 s boundary (workers.schedules): the feed first, so that books
+            # fill a window, then beat, then the worker; the test waits for a closed window's row.
             feed = [str(BIN / "bookfeed"), "feed", "--url", sim.url(["btcusdt@depth20"])]
             procs["feed"] = start_process(feed, env, tmp_path / "feed.log", ready=b"): live", what="feed")
             migrated, _ = migrate.communicate(timeout=120)

@@ -75,9 +75,8 @@ def stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Itera
     port, token_port = free_port(), free_port()
     with SimulatorThread(SimConfig(symbols=SYMBOLS, seed=7, rate=20.0)) as sim:
         try:
-            # Beat computes the averages one schedule period (30 s) after it starts: the feed first, so that the
-            # first period ends with a closed window of books; beat alone next, so that it starts soon; then the
-            # others, together.
+            # Beat computes the averages 6 s past each 30 s boundary (workers.schedules): the feed first, so that
+            # books fill a window; beat alone next, so that it starts soon; then the others, together.
             feed = bookfeed_command("feed", "--url", sim.url([f"{s.lower()}@depth20" for s in SYMBOLS]))
             harness.start("feed", feed, ready=log_line("): live"))  # "connection 1 (2 streams): live"
             harness.start("beat", beat_command(tmp / "schedule"), ready=log_line("watching averages"))

@@ -391,11 +391,16 @@ def test_beat_runs_one_averages_task_per_window(celeryconfig: ModuleType) -> Non
     from models.vocabulary import AVERAGES_TASK, METRICS_QUEUE, WINDOWS_S
 
     entries = [e for e in celeryconfig.beat_schedule.values() if e["task"] == AVERAGES_TASK]
-    entries.sort(key=lambda e: e["schedule"])
-    assert [(e["task"], e["schedule"], e["kwargs"], e["options"]["queue"]) for e in entries] == [
+    entries.sort(key=lambda e: e["schedule"].period_s)
+    assert [(e["task"], e["schedule"].period_s, e["kwargs"], e["options"]["queue"]) for e in entries] == [
         (AVERAGES_TASK, float(w), {"window_s": w}, METRICS_QUEUE) for w in WINDOWS_S
     ]
-    assert all(0 < e["options"]["expires"] < e["schedule"] for e in entries)
+    assert all(0 < e["options"]["expires"] < e["schedule"].period_s for e in entries)
+    # Each size runs just after its windows close (grace 5 s by default), and no two sizes at the same instant.
+    first = {e["kwargs"]["window_s"]: e["schedule"].next_after(0.0) for e in entries}
+    assert first == {30: 6.0, 60: 21.0}
+    due = {w: {int(first[w] + k * w) % 60 for k in range(2)} for w in first}
+    assert not due[30] & due[60]
 
 
 def test_workers_consume_every_routed_queue(services: dict[str, dict[str, Any]], celeryconfig: ModuleType) -> None:

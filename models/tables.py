@@ -91,7 +91,8 @@ book_snapshots = Table(
     Column("ask_quantities", Text, nullable=False),
     # The frame's identity: a redelivered frame hits this key and is not stored twice. received_at leads because
     # rows arrive in time order: inserts append at the index's right end, whose pages split 90/10 and stay full,
-    # where (exchange, symbol, ...) split in the middle of each symbol's range and left pages half empty.
+    # where (exchange, symbol, ...) split in the middle of each symbol's range and left pages half empty. It also
+    # serves every time range (averages, exports, the API): no other index is needed for them.
     Index(
         "book_snapshots_identity",
         "received_at",
@@ -101,8 +102,6 @@ book_snapshots = Table(
         "exchange",
         unique=True,
     ),
-    # Rows arrive in time order, so a BRIN index serves time-range scans (averages) at a tiny size.
-    Index("book_snapshots_received_brin", "received_at", postgresql_using="brin"),
     postgresql_partition_by="RANGE (received_at)",
 )
 

@@ -6,8 +6,9 @@ It accepts only what `models.book.parse_frame` accepts and gives what the per-fr
 not sure of — malformed JSON, a missing or extra field, an empty side, values of mixed scales, a zero, levels out of
 order, a value of more than 18 digits (an int64 holds it), a frame holding a line break — it leaves to the
 per-frame path by index, which stores the book or rejects it with its reason. tests/unit/models/test_columnar.py
-checks both paths agree, frame by frame, on valid and broken input. Floats come from Arrow's string to float64 cast
-(fast_float: correctly rounded, as float() is; the tests compare the two).
+checks both paths agree, frame by frame, on valid and broken input. Floats are each value's integer over its power of
+ten (exact, hence correctly rounded, as float() is, up to 2^53) or Arrow's correctly rounded string to float64 cast
+beyond; the tests compare them with float().
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ _READ = pj.ReadOptions(use_threads=False, block_size=1 << 26)
 # A plain decimal with a point, no sign and no leading zero, of at most 18 digits (an int64 holds it).
 _MAX_CHARS = 19  # 18 digits and the point
 _POW10_I = np.array([10**i for i in range(19)], dtype=np.int64)
+_POW10_F = np.array([10.0**i for i in range(19)], dtype=np.float64)  # exact: 10^i for i <= 22 is a binary64
+_EXACT_INT = 2**53  # every integer up to it is a binary64
 # Frames longer than this many characters may be over MAX_FRAME_BYTES in UTF-8: parse_frame decides.
 _MAX_CHARS_FRAME = MAX_FRAME_BYTES // 4
 _MAX_NS = 2**63  # times past 2262 do not fit an int64 of ns: parse_frame takes them
@@ -188,11 +191,16 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
     floats = np.zeros(len(values), dtype=np.float64)
     if fine.all():
         ints[:] = _np(pc.cast(digits, pa.int64()))
-        floats[:] = _np(pc.cast(values, pa.float64()))
     else:  # only what the grammar admits; the others' books fail below
-        admitted = pa.array(np.flatnonzero(fine))
-        ints[fine] = _np(pc.cast(digits.take(admitted), pa.int64()))
-        floats[fine] = _np(pc.cast(values.take(admitted), pa.float64()))
+        ints[fine] = _np(pc.cast(digits.take(pa.array(np.flatnonzero(fine))), pa.int64()))
+    # float() of each value without reading text again (Clinger's fast path): an integer of at most 2^53 and a power
+    # of ten of at most 10^22 are both exact in binary64, so their IEEE quotient is the correctly rounded value of
+    # the decimal, which float() gives. The few longer values are cast from their text.
+    small = fine & (ints <= _EXACT_INT)
+    floats[small] = ints[small] / _POW10_F[scale[small]]
+    big = fine & ~small
+    if big.any():
+        floats[big] = _np(pc.cast(values.take(pa.array(np.flatnonzero(big))), pa.float64()))
     level_parent = _np(pc.list_parent_indices(levels)).astype(np.int64)
     offsets = np.asarray(levels.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)[:-1] - levels.offsets[0].as_py()
     prices, qtys = ints[0::2], ints[1::2]

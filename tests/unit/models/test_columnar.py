@@ -250,3 +250,27 @@ def test_a_failing_fast_path_costs_cpu_never_a_batch(
         batch = parse_batch(payload)
     assert batch.columns is None and len(batch.books) == 1 and not batch.rejected
     assert "the batch fast path failed" in caplog.text
+
+
+def test_each_value_becomes_the_float_that_float_gives() -> None:
+    """One-level books with a quantity of 1 show each price's float itself (p * 1 / 1): integers up to 2^53 over their
+    power of ten, and the wider values cast from text, both equal float() of the text, around 2^53 too."""
+    rnd = random.Random(53)
+    digits = [str(2**53 + d) for d in (-2, -1, 0, 1, 2, 3)] + ["1" * 18, "9" * 18, "1" + "0" * 17]
+    digits += [str(rnd.randint(1, 10 ** rnd.randint(1, 18) - 1)) for _ in range(3000)]
+    values = []
+    for d in digits:
+        scale = rnd.randint(1, min(17, len(d)))
+        whole = d[:-scale].lstrip("0") or "0"
+        values.append((f"{whole}.{d[-scale:]}", scale))
+    one = {s: "1." + "0" * s for s in range(1, 18)}
+    # The ask at the bid's price: a crossed book, stored and flagged like any other.
+    frames = [
+        _frame({"lastUpdateId": i, "bids": [[v, one[s]]], "asks": [[v, one[s]]]}) for i, (v, s) in enumerate(values)
+    ]
+    cols, _ = parse_columns([(RECEIVED_NS + i, f) for i, f in enumerate(frames)])
+    taken = {i: k for k, i in enumerate(cols.taken)}
+    assert len(taken) == len(values)
+    for i, k in taken.items():
+        assert cols.bid_vwap[k] == float(values[i][0]), values[i][0]
+    assert_same(frames)

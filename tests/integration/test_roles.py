@@ -12,6 +12,7 @@ from sqlalchemy.pool import NullPool
 
 from models.messages import make_batch
 from tests.integration._frames import simple_book
+from workers.averages import compute_averages
 from workers.ingest import ingest_batch
 
 pytestmark = pytest.mark.integration
@@ -48,6 +49,14 @@ def test_writer_role_runs_the_whole_ingest_path(clean_db: Engine) -> None:
     result = ingest_batch(writer, make_batch(batch_id="as-writer", frames=frames))
     assert (result.n_books, result.n_rejected) == (10, 1)
     assert ingest_batch(writer, make_batch(batch_id="as-writer", frames=frames)).duplicate
+    # Beat's averages run in the same workers, as the same role: the first run, then one from its snapshot.
+    now_s = T0 // 10**9
+    first = compute_averages(writer, window_s=30, now_s=now_s, grace_s=5, lookback_s=600)
+    assert first.n_windows >= 1
+    ingest_batch(
+        writer, make_batch(batch_id="late", frames=[(T0 - 10**9 * 400 * 86_400 + 99, simple_book(7, luid=99))])
+    )
+    assert compute_averages(writer, window_s=30, now_s=now_s + 30, grace_s=5, lookback_s=600).n_windows == 1
     writer.dispose()
 
 

@@ -142,7 +142,8 @@ class Outbox:
         later, and its claim makes that delivery a no-op."""
         k = self.keys
         try:
-            self.redis().eval(COMPLETE_LUA, 4, k.payload, k.seq, k.meta, k.suspects, batch_id)
+            counter = delivery_key(batch_id, key_prefix=k.prefix)
+            self.redis().eval(COMPLETE_LUA, 5, k.payload, k.seq, k.meta, k.suspects, counter, batch_id)
         except (redis.RedisError, OSError) as exc:
             logger.warning(
                 "batch %s stored, not removed from the outbox (%s): a redelivery will find it", batch_id, exc

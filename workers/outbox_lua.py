@@ -20,11 +20,14 @@ redis.call('EXPIRE', KEYS[3], ARGV[3])
 return {payload, n}
 """
 
-# A batch is committed: out of the outbox. KEYS: payload, seq, meta, suspects. ARGV: batch id.
+# A batch is committed: out of the outbox, and its deliveries counter with it (a later delivery finds no payload and
+# counts nothing; kept for its day, the counters of the whole market's 1.3 million batches a day took about 190 MB of
+# Redis). KEYS: payload, seq, meta, suspects, the batch's deliveries counter. ARGV: batch id.
 COMPLETE_LUA = """
 for i = 1, 4 do
   if i == 2 then redis.call('ZREM', KEYS[i], ARGV[1]) else redis.call('HDEL', KEYS[i], ARGV[1]) end
 end
+redis.call('DEL', KEYS[5])
 return 0
 """
 

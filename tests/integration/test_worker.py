@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, text
 
 from feed.broker import broker_app, make_celery_sender
@@ -19,6 +20,7 @@ from tests.conftest import service_env
 from tests.integration._frames import simple_book
 from tests.services import start_process, stop_process, wait_for
 from workers.beat import check_averages
+from workers.deliveries import delivery_key
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +53,11 @@ def test_batches_published_by_the_feed_are_stored_once(
     assert _count(clean_db, "SELECT count(*) FROM order_books") == 500
     assert _count(clean_db, "SELECT count(*) FROM rejected_messages") == 5
     assert "stored batch" in worker.read_text()
+    # A committed batch leaves nothing in Redis: its deliveries counter goes with its payload.
+    rd = redis.Redis.from_url(redis_url)
+    counters = [delivery_key(b["batch_id"], key_prefix=broker_prefix) for b in batches]
+    wait_for(lambda: rd.exists(*counters) == 0, 10, "the deliveries counters dropped")
+    rd.close()
 
 
 def test_averages_task_runs_in_the_worker(clean_db: Engine, redis_url: str, broker_prefix: str, worker: Path) -> None:

@@ -7,6 +7,7 @@ copy of workers.outbox's (tests/integration/api/test_health.py keeps them equal)
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -18,6 +19,7 @@ import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from models.feedstats import feed_problems, live_stats, stats_pattern
 from models.outbox import OutboxKeys
 from models.settings import Settings
 from models.vocabulary import QUEUES
@@ -57,6 +59,7 @@ class RedisKeys:
     seq: str  # zset: batch id -> its place in the queue (batches not yet committed)
     unacked: str  # kombu's hash of delivered, unacknowledged messages
     queues: tuple[str, ...]  # the Celery queues' lists (models.vocabulary.QUEUES)
+    feed_stats: str = stats_pattern()  # SCAN pattern of the feeds' stats (models.feedstats)
 
 
 def redis_keys(prefix: str = "") -> RedisKeys:
@@ -68,6 +71,7 @@ def redis_keys(prefix: str = "") -> RedisKeys:
         seq=keys.seq,
         unacked=keys.unacked,
         queues=tuple(prefix + q for q in QUEUES),
+        feed_stats=stats_pattern(prefix),
     )
 
 
@@ -104,6 +108,20 @@ def _queues(client: redis.Redis, keys: RedisKeys, now: float) -> dict[str, Any]:
         "queue_depth": sum(depth.values()) + int(unacked),
         "oldest_batch_age_s": round(oldest, 3),
     }
+
+
+def _feeds(client: redis.Redis, keys: RedisKeys, now: float) -> list[dict[str, Any]]:
+    """The live feeds' stats (one SCAN of the stats keys and one MGET)."""
+    names = list(client.scan_iter(keys.feed_stats, count=1000))
+    stats: list[dict[str, Any]] = []
+    for raw in client.mget(names) if names else []:
+        try:
+            value = json.loads(raw) if raw else None
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            stats.append(value)
+    return live_stats(stats, now)
 
 
 def _symbols(engine: Engine, now: float, stale_s: float) -> list[dict[str, Any]]:
@@ -166,15 +184,22 @@ class HealthProbe:
 
     def _probe(self) -> dict[str, Any]:
         now = time.time()
+        # workers_alive stays None here: telling live workers takes a Celery ping, which waits its timeout on every
+        # probe; `bookfeed status` pings.
         body: dict[str, Any] = {"checked_at": now, "feeds": None, "workers_alive": None}
         down: list[str] = []
+        feed_issues: list[str] = []
         if self._client is None:
             down.append("REDIS_URL is not set: the queues cannot be read")
         else:
             try:
                 body.update(_queues(self._client, self._keys, now))
+                feeds = _feeds(self._client, self._keys, now)
             except (redis.RedisError, OSError) as exc:
                 down.append(f"Redis does not answer: {exc}")
+            else:
+                body["feeds"] = len(feeds)
+                feed_issues = feed_problems(feeds)
         body.setdefault("queue_depth", None)
         body.setdefault("oldest_batch_age_s", None)
         try:
@@ -185,6 +210,6 @@ class HealthProbe:
         else:
             body["symbols"] = symbols
             body["database_lag_s"] = min((s["last_book_age_s"] for s in symbols), default=None)
-        found = [(2, p) for p in down] + _problems(body, self._limits)
+        found = [(2, p) for p in down] + [(1, p) for p in feed_issues] + _problems(body, self._limits)
         code = max((c for c, _ in found), default=0)
         return {"state": STATES[code], "problems": [p for _, p in found], **body}

@@ -25,13 +25,13 @@ from feed.outage import PendingBatch
 from feed.publisher import Publisher
 from feed.stream import StreamClient
 from feed.universe import SymbolSource, UniverseError
+from models.feedstats import STATS_PREFIX, stats_pattern
 from models.settings import Settings
 
 __all__ = ["STATS_PREFIX", "read_feed_stats", "run_feed"]
 
 logger = logging.getLogger(__name__)
 
-STATS_PREFIX = "bookfeed:feed:stats:"
 LAST_SEEN_KEY = "bookfeed:feed:last_seen"  # stream -> ns of its last frame, for the next feed process
 _MAX_STATS_STREAMS = 2_048  # per-stream counts copied into the stats snapshot (about 1,500 symbols trade)
 _ROUTINE_GAPS = frozenset({"feed started", "feed stopped"})  # logged at DEBUG; feed_gaps has them all
@@ -260,7 +260,7 @@ def _load_last_seen(client: redis.Redis, key: str) -> dict[str, int]:
 def read_feed_stats(client: redis.Redis, key_prefix: str = "") -> list[dict[str, Any]]:
     """Every live feed's latest stats (as written by run_feed)."""
     out = []
-    for key in client.scan_iter(key_prefix + STATS_PREFIX + "*"):
+    for key in client.scan_iter(stats_pattern(key_prefix), count=1000):
         raw = client.get(key)
         if raw:
             out.append(json.loads(raw))

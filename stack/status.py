@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from feed.broker import broker_app
 from feed.service import read_feed_stats
 from models.errors import InvalidBookError
+from models.feedstats import feed_problems, live_stats
 from models.settings import Settings
 from models.vocabulary import EXCHANGE, WINDOWS_S, parse_stream_name
 from workers.metrics import queue_state
@@ -24,7 +25,6 @@ __all__ = ["DEGRADED", "DOWN", "HEALTHY", "STATES", "Status", "SymbolStatus", "c
 
 HEALTHY, DEGRADED, DOWN = 0, 1, 2
 STATES = {HEALTHY: "healthy", DEGRADED: "degraded", DOWN: "down"}
-FEED_ALIVE_S = 5.0  # a feed writes its stats every second: older ones are a stopped feed's last
 RATE_WINDOW_S = 30.0  # frames/s per symbol: books stored in this many seconds before now
 RECENT_SYMBOLS_S = 600.0  # with no feed reporting, the symbols stored in this many seconds are checked
 _MAX_LISTED = 5  # stale symbols named in a problem line
@@ -137,7 +137,7 @@ def check_status(
     redis_ok = False
     try:
         stats = read_feed_stats(broker, settings.broker_key_prefix)
-        stats = [s for s in stats if checked_at - s.get("ts", 0) <= FEED_ALIVE_S]
+        stats = live_stats(stats, checked_at)
         queues = queue_state(broker, settings.broker_key_prefix)
     except (redis.RedisError, OSError) as exc:
         found.add(DOWN, f"Redis does not answer: {exc}")
@@ -181,16 +181,8 @@ def _feed_symbols(stats: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def _check_feeds(found: _Found, stats: Sequence[Mapping[str, Any]]) -> None:
-    if not stats:
-        found.add(DEGRADED, "no feed reports (is `bookfeed feed` running?)")
-    for s in stats:
-        name = str(s.get("feed_id", "?"))[:6]
-        if not s.get("connected", True):
-            found.add(DEGRADED, f"feed {name} has no live connection")
-        if s.get("source_error"):
-            found.add(DEGRADED, f"feed {name}: {s['source_error']}")
-        if s.get("buffered_frames", 0) and s.get("paused_high_water"):
-            found.add(DEGRADED, f"feed {name} holds {s['buffered_frames']} frames: Redis above its high-water mark")
+    for problem in feed_problems(stats):
+        found.add(DEGRADED, problem)
 
 
 def _check_database(

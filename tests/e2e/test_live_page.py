@@ -171,9 +171,9 @@ def test_live_page_charts_receive_live_points_in_chromium(
         _wait_cards(page, "avg30", dict.fromkeys(SYMBOLS, 1), timeout=90, what="a 30 s average on each chart")
         _wait_live_ok(page)
         assert page.get_attribute("#feed-state", "data-state") == "ok"
-        # The queue, from GET /v1/health (found in /openapi.json): tasks waiting and the oldest batch's age.
+        # The queue, from GET /v1/health (found in /openapi.json): tasks waiting, the oldest batch's age, the one feed.
         queue = page.inner_text("#queue-state")
-        assert re.fullmatch(r"queue: \d+ task\(s\), oldest \d+ s", queue), queue
+        assert re.fullmatch(r"queue: \d+ task\(s\), oldest \d+ s, 1 feed\(s\)", queue), queue
         assert page.get_attribute("#queue-state", "data-state") in ("ok", "warn"), queue
         for s in SYMBOLS:
             price = page.inner_text(f'section.card[data-symbol="{s}"] .price')

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -17,6 +18,7 @@ from sqlalchemy import Engine
 from api.health import redis_keys
 from api.main import create_app
 from feed.broker import CelerySender
+from models.feedstats import STATS_PREFIX
 from models.messages import make_batch
 from models.vocabulary import QUEUES
 from tests.integration._frames import frame
@@ -63,6 +65,10 @@ def test_health_reports_the_queues_and_the_newest_books(
     ingest_batch(recorded, make_batch(batch_id=f"health-{uuid.uuid4().hex[:8]}", frames=store))
     app = create_app(settings(redis_url, prefix), engine=reader, health_ttl_s=0)
     client = redis.Redis.from_url(redis_url)
+    # A running feed's stats (written every second) and a stopped one's last, as feed.service writes them.
+    feeds = {"feedA1": time.time(), "feedB2": time.time() - 60}
+    for feed_id, ts in feeds.items():
+        client.set(prefix + STATS_PREFIX + feed_id, json.dumps({"feed_id": feed_id, "ts": ts, "connected": True}))
     try:
         with serve(app) as base, httpx.Client(base_url=base, timeout=30) as api:
             resp = api.get("/v1/health")
@@ -72,6 +78,7 @@ def test_health_reports_the_queues_and_the_newest_books(
         workers_view = queue_state(client, prefix)
     finally:
         client.delete(*redis_keys(prefix).queues, *OutboxKeys(prefix).enqueue_keys())
+        client.delete(*(prefix + STATS_PREFIX + feed_id for feed_id in feeds))
         client.close()
     assert body["queues"] == workers_view.depth == {"ingest": 2, "metrics": 0}
     assert body["queue_depth"] == sum(workers_view.depth.values()) + workers_view.unacked == 2
@@ -80,7 +87,8 @@ def test_health_reports_the_queues_and_the_newest_books(
     # BTCUSDT and ETHUSDT of the `recorded` fixture are a month old: outside the window looked at.
     assert [(s["symbol"], s["stale"]) for s in body["symbols"]] == [("ETHUSDT", False), ("SOLUSDT", True)]
     assert body["database_lag_s"] == 0.0  # the freshest book's age (received "in the future": 0)
-    assert body["feeds"] is None and body["workers_alive"] is None
+    assert body["feeds"] == 1  # the stopped feed's stats are not a feed
+    assert body["workers_alive"] is None  # a Celery ping per probe: only `bookfeed status` pings
     assert body["state"] == "degraded"
     assert len(body["problems"]) == 2
     assert re.fullmatch(r"the oldest waiting batch is \d+ s old", body["problems"][0])

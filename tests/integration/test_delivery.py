@@ -163,8 +163,8 @@ def test_a_batch_that_killed_its_worker_is_counted_and_stored_frame_by_frame_onc
         wait_for(lambda: len(_waiting_backends(clean_db)) >= 2, 30, "redelivery")
         lock.rollback()  # the batch goes through now
         wait_for(lambda: _scalar(clean_db, "SELECT count(*) FROM order_books") == N_FRAMES, 30, "books stored")
-        counter = redis.Redis.from_url(redis_url)  # the count (2) is in the stored record; the counter goes with it
-        wait_for(lambda: not counter.exists(delivery_key(batch_id, key_prefix=prefix)), 10, "the counter dropped")
+        with redis.Redis.from_url(redis_url) as counter:  # the count (2) is in the stored record; the counter goes
+            wait_for(lambda: not counter.exists(delivery_key(batch_id, key_prefix=prefix)), 10, "the counter dropped")
         assert _scalar(clean_db, "SELECT count(*) FROM ingest_batches WHERE batch_id = :b", b=batch_id) == 1
         assert _scalar(clean_db, "SELECT count(*) FROM rejected_messages") == 0
         stored = _stored_record(tmp_path)
@@ -184,8 +184,8 @@ def test_a_batch_that_keeps_killing_its_worker_ends_recorded_as_rejected(
     batch_id, lock = hold
     prefix = f"{broker_prefix}kill3-{uuid.uuid4().hex[:4]}:"
     worker = _worker(tmp_path, database_url, redis_url, prefix, BOOKFEED_INGEST_MAX_DELIVERIES="1")
+    counter = redis.Redis.from_url(redis_url)
     try:
-        counter = redis.Redis.from_url(redis_url)
         key = delivery_key(batch_id, key_prefix=prefix)
         counter.set(key, 2)  # two deliveries killed their workers already (the test above shows one counted)
         make_celery_sender(redis_url, key_prefix=prefix)(PendingBatch(make_batch(batch_id=batch_id, frames=_frames())))
@@ -198,6 +198,7 @@ def test_a_batch_that_keeps_killing_its_worker_ends_recorded_as_rejected(
         modes = [(r["mode"], r["deliveries"]) for r in _log(tmp_path) if r.get("logger") == "workers.deliveries"]
         assert modes == [("reject", 4)]
     finally:
+        counter.close()
         stop_process(worker)
 
 
@@ -212,7 +213,8 @@ def test_a_stored_batch_redelivered_past_its_budget_is_not_also_rejected(
     prefix = f"{broker_prefix}stored-{uuid.uuid4().hex[:4]}:"
     worker = _worker(tmp_path, database_url, redis_url, prefix, BOOKFEED_INGEST_MAX_DELIVERIES="1")
     try:
-        redis.Redis.from_url(redis_url).set(delivery_key(batch_id, key_prefix=prefix), 3)
+        with redis.Redis.from_url(redis_url) as client:
+            client.set(delivery_key(batch_id, key_prefix=prefix), 3)
         make_celery_sender(redis_url, key_prefix=prefix)(PendingBatch(payload))
         wait_for(lambda: any(r.get("mode") == "reject" for r in _log(tmp_path)), 30, "the reject step")
         modes = [(r["mode"], r["deliveries"]) for r in _log(tmp_path) if r.get("logger") == "workers.deliveries"]

@@ -73,16 +73,27 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
+DATA_TABLES = (
+    "book_snapshots",
+    "rejected_frames",
+    "ingest_batches",
+    "price_average_windows",
+    "averages_progress",
+    "feed_gap_intervals",
+)
+
+
+def empty_data_tables(engine: Engine) -> None:
+    """Empty every data table (the schema stays): what a test or module that reads the whole database starts from,
+    whatever the tests before it stored."""
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)}"))
+
+
 @pytest.fixture
 def clean_db(engine: Engine) -> Engine:
     """Empty every data table before the test (the schema stays)."""
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE book_snapshots, rejected_frames, ingest_batches, price_average_windows, averages_progress, "
-                "feed_gap_intervals"
-            )
-        )
+    empty_data_tables(engine)
     return engine
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from feed.service import run_feed
 from models.settings import Settings
@@ -22,7 +22,7 @@ from simulator import SimConfig, SimulatorThread
 from stack.cli import main
 from stack.harness import free_port
 from stack.status import DOWN, HEALTHY
-from tests.conftest import BROKER_PREFIX, service_env
+from tests.conftest import BROKER_PREFIX, empty_data_tables, service_env
 from tests.services import start_process, stop_process, wait_for
 from tests.unit.test_monitoring import metric_names_used
 from workers.commands import worker_command
@@ -61,8 +61,9 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
 def pipeline(
     engine: Engine, database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
-    with engine.begin() as conn:  # this module's books only (the status reads every symbol stored lately)
-        conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches, feed_gap_intervals"))
+    # This module's data only: the status reads every symbol stored lately, its gaps and its newest averages (an
+    # earlier module's month-old average windows are "the newest window ended a month ago", a degraded state).
+    empty_data_tables(engine)
     prefix = f"{BROKER_PREFIX}ops-{uuid.uuid4().hex[:6]}:"  # queues, stats and pings of this module alone
     feed_port, worker_port = free_port(), free_port()
     tmp = tmp_path_factory.mktemp("worker-tmp")  # where the node makes its metrics directory
@@ -139,7 +140,10 @@ def test_feed_and_worker_counters_move_during_a_run(pipeline: Pipeline) -> None:
 def test_a_stalled_stream_shows_and_makes_status_fail_until_it_recovers(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wait_for(lambda: _status(monkeypatch, capsys, pipeline.env) == HEALTHY, what="status healthy before the stall")
+    try:
+        wait_for(lambda: _status(monkeypatch, capsys, pipeline.env) == HEALTHY, what="status healthy before the stall")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last report {REPORTS}") from None
     pipeline.sim.stall(STALE_S * 3, stream=STALLED)
 
     def age(stream: str) -> float:

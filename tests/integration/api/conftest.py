@@ -16,11 +16,12 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event
 
 from api.main import create_app, make_engine
 from models.messages import make_batch
 from models.settings import Settings
+from tests.conftest import empty_data_tables
 from tests.integration._frames import frame
 from workers.averages import compute_averages
 from workers.ingest import ingest_batch
@@ -91,13 +92,7 @@ def store(engine: Engine, books: list[Sent], *, batch_id: str, **extra: Any) -> 
 @pytest.fixture(scope="module")
 def recorded(engine: Engine) -> Engine:
     """BTC, ETH, one gap, one rejected frame and the 30 s / 60 s averages, in a database emptied first."""
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE book_snapshots, rejected_frames, ingest_batches, price_average_windows, averages_progress, "
-                "feed_gap_intervals"
-            )
-        )
+    empty_data_tables(engine)
     for k in range(0, N_BTC, 100):
         store(engine, BTC[k : k + 100], batch_id=f"api-btc-{k}")
     ingest_batch(

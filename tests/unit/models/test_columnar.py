@@ -274,3 +274,68 @@ def test_each_value_becomes_the_float_that_float_gives() -> None:
     for i, k in taken.items():
         assert cols.bid_vwap[k] == float(values[i][0]), values[i][0]
     assert_same(frames)
+
+
+def _given_to_the_json_reader(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The frames parse_columns hands to the JSON reader (its own calls on the parts it refuses not counted)."""
+    from models import columnar
+
+    given: list[int] = []
+    reader = columnar._read
+
+    def first_call(frames: Any, idx: list[int], tables: Any, read: Any) -> None:
+        monkeypatch.setattr(columnar, "_read", reader)
+        given.extend(idx)
+        reader(frames, idx, tables, read)
+
+    monkeypatch.setattr(columnar, "_read", first_call)
+    return given
+
+
+def test_frames_spelled_as_binance_spells_them_skip_the_json_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compact frames in Binance's key order are cut into tokens (models.columnar._tokenize): the JSON reader gets
+    none of them, and the books are those of the per-frame path."""
+    read_by_reader = _given_to_the_json_reader(monkeypatch)
+    rnd = random.Random(17)
+    frames = [s for s in depth_samples() if "@depth" in json.loads(s)["stream"]]
+    frames += [_frame(_book(rnd, scale=rnd.randint(1, 8), levels=rnd.randint(1, 20))) for _ in range(100)]
+    batch = assert_same(frames)
+    assert batch.columns is not None and len(batch.columns) == len(frames)
+    assert read_by_reader == []
+
+
+def test_the_same_books_spelled_otherwise_go_to_the_json_reader_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spaces, another key order, escapes, ids the template cannot take as they are: the JSON reader (or the
+    per-frame path) reads them, with the same results; the books keep the order they came in."""
+    read_by_reader = _given_to_the_json_reader(monkeypatch)
+    rnd = random.Random(19)
+    data = _book(rnd)
+    good = _frame(data)
+    spelled_otherwise = [
+        json.dumps({"stream": "btcusdt@depth20", "data": data}),  # spaces after ':' and ','
+        json.dumps({"data": data, "stream": "btcusdt@depth20"}, separators=(",", ":")),  # key order
+        orjson.dumps({"stream": "btcusdt@depth20", "data": {"bids": data["bids"], **data}}).decode(),
+        good.replace('"bids"', '"\\u0062ids"'),  # an escaped key
+        good.replace(data["bids"][0][0], data["bids"][0][0].replace("1", "\\u0031"), 1),  # an escaped digit
+        good.replace('"lastUpdateId":', '"lastUpdateId":0'),  # a leading zero: not JSON
+        good.replace(f'"lastUpdateId":{data["lastUpdateId"]}', '"lastUpdateId":9223372036854775808'),  # > int64
+        good.replace(f'"lastUpdateId":{data["lastUpdateId"]}', '"lastUpdateId":9223372036854775807'),
+        good.replace(f'"lastUpdateId":{data["lastUpdateId"]}', '"lastUpdateId":0'),
+        good.replace(f'"lastUpdateId":{data["lastUpdateId"]}', '"lastUpdateId":12.0'),
+        good.replace(f'"lastUpdateId":{data["lastUpdateId"]}', '"lastUpdateId":'),
+        good.replace('"btcusdt@depth20@100ms"', '"btc.usdt@depth20"'),
+        good.replace('"btcusdt@depth20@100ms"', '"1000satsusdt@depth20"'),
+        good.replace('"btcusdt@depth20@100ms"', '"btcusdt@depth20"'),
+        good.replace('"btcusdt@depth20@100ms"', '"BTCUSDT@depth20"'),
+        good.replace('"bids":[[', '"bids":[["",""],['),
+    ]
+    assert good not in spelled_otherwise and len(set(spelled_otherwise)) == len(spelled_otherwise)
+    frames = []
+    for k, bad in enumerate(spelled_otherwise):  # each among good ones, so that both readers share the batch
+        frames += [_frame(_book(rnd)), bad] if k % 2 else [bad, _frame(_book(rnd))]
+    batch = assert_same(frames)
+    assert batch.columns is not None and batch.columns.taken == sorted(batch.columns.taken)
+    # The template takes the largest int64, 0, any name of letters, digits, points and '@' (parse_stream_name judges
+    # it), and empty values (the grammar checks judge them); nothing else that is not Binance's own spelling.
+    not_template = {0, 1, 2, 3, 4, 5, 6, 9, 10, 14}
+    assert sorted(read_by_reader) == sorted(2 * k + k % 2 for k in not_template)

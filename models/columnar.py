@@ -1,5 +1,6 @@
 """The batch fast path: parse, validate, measure and encode a whole batch of depth frames at once, in columns
-(pyarrow's JSON reader and vectorised numpy), instead of one Python object per price. Pure: no I/O.
+(frames spelled as Binance spells them cut into tokens, any other JSON read by pyarrow's JSON reader, then
+vectorised numpy), instead of one Python object per price. Pure: no I/O.
 
 It accepts only what `models.book.parse_frame` accepts and gives what the per-frame path gives: the same
 `models.metrics` floats (sums left to right, as `sum()` adds them) and the same `models.encoding` text. Anything it is

@@ -111,7 +111,10 @@ def _archive_once(settings: Settings, engine: Engine) -> list[str]:
     if settings.retention_days:
         r2 = apply_retention(engine, retention_days=settings.retention_days, archive_url=settings.archive_url or None)
         kept = f", {len(r2.refused)} kept (not verified by the archive)" if r2.refused else ""
-        lines.append(f"retention ({settings.retention_days} days): {len(r2.dropped)} days dropped{kept}")
+        lines.append(
+            f"retention ({settings.retention_days} days): {len(r2.dropped)} days dropped{kept}, "
+            f"{r2.batches_deleted} ingest batch records deleted"
+        )
         if settings.archive_url and r2.stale:
             # Books arrived after these days were archived: archive them again, so the next run may drop them.
             redone = rearchive_days(engine, settings.archive_url, r2.stale)

@@ -287,7 +287,7 @@ def test_bookfeed_archive_archives_then_drops(
     assert "days archived and verified" in out and "retention (3 days): 2 days dropped" in out
     assert _day_count(books_db, OLD_DAY) == 0 and _day_count(books_db, HOT_DAY) > 0
     assert main(["archive"]) == 0
-    assert "retention (3 days): 0 days dropped" in capsys.readouterr().out
+    assert "retention (3 days): 0 days dropped, 0 ingest batch records deleted" in capsys.readouterr().out
 
 
 def test_a_damaged_archive_is_a_typed_error(books_db: Engine, tmp_path: Path) -> None:

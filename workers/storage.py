@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -49,6 +50,7 @@ __all__ = [
 _COLUMNS = ", ".join(c.name for c in book_snapshots.columns)
 _COPY_SQL = f"COPY {book_snapshots.name} ({_COLUMNS}) FROM STDIN"
 _STAGE = "bookfeed_stage"
+_COPY_CHUNK = 1 << 20  # bytes psycopg2 reads from a COPY source at a time
 _DATETIME_FIELD_OVERFLOW = "22008"  # what bookfeed_ensure_partition raises for a day it will not create
 # COPY text format: backslash starts an escape, tab separates columns, newline and carriage return end a row.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -246,12 +248,18 @@ def set_batch_counts(conn: Connection, *, batch_id: str, n_books: int, n_rejecte
     )
 
 
+def _copy_source(cur: Any, rows: str) -> io.BytesIO:
+    """COPY's input as bytes in the connection's encoding, read in one piece: psycopg2 reads a text stream 8 KB at a
+    time and encodes each piece (measured: 0.85 against 0.26 µs of client CPU a row)."""
+    return io.BytesIO(rows.encode(psycopg2.extensions.encodings[cur.connection.encoding]))
+
+
 def copy_books(conn: Connection, rows: str) -> None:
     """COPY rows (from `to_rows`) straight into book_snapshots. Raises DuplicateRowError when a frame is stored
     already (the COPY is then void: run it in a savepoint, and use `insert_books_skipping_duplicates`)."""
     cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cur.copy_expert(_COPY_SQL, io.StringIO(rows))
+        cur.copy_expert(_COPY_SQL, _copy_source(cur, rows), size=_COPY_CHUNK)
     except psycopg2.errors.UniqueViolation as e:
         raise DuplicateRowError(_first_line(e)) from e
     finally:
@@ -267,7 +275,7 @@ def insert_books_skipping_duplicates(conn: Connection, rows: str) -> int:
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE {book_snapshots.name} INCLUDING DEFAULTS) "
             "ON COMMIT DELETE ROWS"
         )
-        cur.copy_expert(f"COPY {_STAGE} ({_COLUMNS}) FROM STDIN", io.StringIO(rows))
+        cur.copy_expert(f"COPY {_STAGE} ({_COLUMNS}) FROM STDIN", _copy_source(cur, rows), size=_COPY_CHUNK)
         cur.execute(
             f"INSERT INTO {book_snapshots.name} ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGE} ON CONFLICT DO NOTHING"
         )

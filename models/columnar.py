@@ -5,8 +5,8 @@ vectorised numpy), instead of one Python object per price. Pure: no I/O.
 It accepts only what `models.book.parse_frame` accepts and gives what the per-frame path gives: the same
 `models.metrics` floats (sums left to right, as `sum()` adds them) and the same `models.encoding` text. Anything it is
 not sure of — malformed JSON, a missing or extra field, an empty side, values of mixed scales, a zero, levels out of
-order, a value of more than 18 digits (an int64 holds it), a frame holding a line break — it leaves to the
-per-frame path by index, which stores the book or rejects it with its reason. tests/unit/models/test_columnar.py
+order, a value an int64 cannot hold (over 19 digits, or 19 above 2^63 - 1), a line break in a frame — it leaves to
+the per-frame path by index, which stores the book or rejects it with its reason. tests/unit/models/test_columnar.py
 checks both paths agree, frame by frame, on valid and broken input. Floats are each value's integer over its power of
 ten (exact, hence correctly rounded, as float() is, up to 2^53) or Arrow's correctly rounded string to float64 cast
 beyond; the tests compare them with float().
@@ -52,8 +52,10 @@ _SCHEMA = pa.schema(
 )
 _PARSE = pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="error")
 _READ = pj.ReadOptions(use_threads=False, block_size=1 << 26)
-# A plain decimal with a point, no sign and no leading zero, of at most 18 digits (an int64 holds it).
-_MAX_CHARS = 19  # 18 digits and the point
+# A plain decimal with a point, no sign and no leading zero, of at most 19 digits and, with 19, at most 2^63 - 1 once
+# the point is out: an int64 holds it (the quantities of the cheapest coins have 11 digits before the point, 8 after).
+_MAX_CHARS = 20  # 19 digits and the point
+_MAX_INT64 = str(2**63 - 1)
 _POW10_I = np.array([10**i for i in range(19)], dtype=np.int64)
 _POW10_F = np.array([10.0**i for i in range(19)], dtype=np.float64)  # exact: 10^i for i <= 22 is a binary64
 _EXACT_INT = 2**53  # every integer up to it is a binary64
@@ -71,7 +73,6 @@ _TEMPLATE = re.compile(
 _NUMERALS = b"0123456789."
 _PUNCTUATION = b'"[]{}'
 _FIXED_TOKENS = 7  # per frame: "stream", the name, "data", "lastUpdateId", the id, "bids", "asks"
-_MAX_ID = str(2**63 - 1)  # the largest id an int64 holds; larger ones are left to the JSON reader
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,10 @@ def _tokenize(frames: Sequence[tuple[int, str]], idx: list[int], tables: list[pa
         _np(pc.ascii_is_decimal(ids)).astype(np.bool_)
         & (id_len >= 1)
         & ~(_np(pc.starts_with(ids, "0")).astype(np.bool_) & (id_len > 1))
-        & ((id_len < len(_MAX_ID)) | ((id_len == len(_MAX_ID)) & _np(pc.less_equal(ids, _MAX_ID)).astype(np.bool_)))
+        & (
+            (id_len < len(_MAX_INT64))
+            | ((id_len == len(_MAX_INT64)) & _np(pc.less_equal(ids, _MAX_INT64)).astype(np.bool_))
+        )
     )
     if not plain.all():
         fit = [i for i, ok in zip(idx, plain.tolist(), strict=True) if ok]
@@ -249,7 +253,8 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
     ok = count <= depth
     values = levels.flatten().flatten()
     # The grammar, in cheap steps: taking out the point leaves ASCII digits only, exactly one point was taken out,
-    # not in first or last place, a leading zero only right before it, at most 18 digits in all.
+    # not in first or last place, a leading zero only right before it, at most 19 digits in all, and with 19 at
+    # most 2^63 - 1 (digit strings of one length compare as their numbers do).
     digits = pc.replace_substring(values, ".", "")
     length = _np(pc.binary_length(values)).astype(np.int64)
     point = _np(pc.find_substring(values, ".")).astype(np.int64)
@@ -262,6 +267,9 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
         & (length <= _MAX_CHARS)
         & ~(_np(pc.starts_with(values, "0")).astype(np.bool_) & (point > 1))
     )
+    widest = length == _MAX_CHARS
+    if widest.any():
+        fine[widest] &= _np(pc.less_equal(digits.take(pa.array(np.flatnonzero(widest))), _MAX_INT64)).astype(np.bool_)
     ints = np.zeros(len(values), dtype=np.int64)
     floats = np.zeros(len(values), dtype=np.float64)
     if fine.all():
@@ -282,7 +290,8 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
     bad_value = ~fine[0::2] | ~fine[1::2] | (prices <= 0) | (qtys <= 0) | (scale[0::2] != scale[1::2])
     ok &= np.bincount(level_parent[bad_value], minlength=n) == 0
     first = np.minimum(offsets, max(len(prices) - 1, 0))
-    # At most 18 for the values taken; a longer value's book is not taken, but its place must stay an index.
+    # At most 18 (a value taken is a positive int64); a longer value's book is not taken, but its place must stay an
+    # index.
     zeros = np.minimum(
         _np(pc.binary_length(digits)).astype(np.int64) - _np(pc.binary_length(pc.utf8_rtrim(digits, "0"))), 18
     )

@@ -97,15 +97,32 @@ def test_real_shaped_books_of_any_scale_and_depth_agree() -> None:
 
 
 def test_books_the_fast_path_leaves_alone_are_stored_all_the_same() -> None:
-    """Values over 18 digits, integers without a point, mixed scales, an empty side: the per-frame path takes them."""
+    """Values an int64 cannot hold, integers without a point, mixed scales, an empty side: the per-frame path takes
+    them."""
     rnd = random.Random(3)
-    wide = _book(rnd, scale=8, big=True)  # prices of 19-20 digits
+    wide = _book(rnd, scale=8, big=True)  # prices of 19-21 digits
+    over = {"lastUpdateId": 4, "bids": [["92233720368.54775808", "1.00000000"]], "asks": [["92233720369.0", "1.0"]]}
+    twenty = {"lastUpdateId": 5, "bids": [["9.9999999999999999999", "1.0"]], "asks": [["10.0", "1.0"]]}
     no_point = {"lastUpdateId": 1, "bids": [["100", "2"]], "asks": [["101", "3"]]}
     mixed = {"lastUpdateId": 2, "bids": [["100.5", "2.25"]], "asks": [["101.50", "3.00"]]}
     empty_side = {"lastUpdateId": 3, "bids": [], "asks": [["101.00000000", "3.00000000"]]}
-    frames = [_frame(d) for d in (wide, no_point, mixed, empty_side)] + [_frame(_book(rnd))]
+    frames = [_frame(d) for d in (wide, over, twenty, no_point, mixed, empty_side)] + [_frame(_book(rnd))]
     batch = assert_same(frames)
-    assert batch.columns is not None and len(batch.columns) == 1 and len(batch.books) == 4
+    assert batch.columns is not None and len(batch.columns) == 1 and len(batch.books) == 6
+
+
+def test_values_of_19_digits_an_int64_holds_take_the_fast_path() -> None:
+    """The cheapest coins' quantities (13124238092.00000000: 19 digits) and prices up to 2^63 - 1 once the point is
+    out are scaled integers like any other: the books are taken, with the per-frame path's results."""
+    rnd = random.Random(23)
+    data = _book(rnd)
+    frames = []
+    for qty in ("13124238092.00000000", "92233720368.54775807", "9223372036.854775807", "1000000000.000000000"):
+        scale = len(qty.split(".")[1])
+        levels = [[f"{p}.{'1' * scale}", qty] for p in (5, 4, 3)]
+        frames.append(_frame({**data, "bids": levels, "asks": [[f"6.{'0' * scale}", qty]]}))
+    batch = assert_same(frames)
+    assert batch.columns is not None and len(batch.columns) == len(frames) and not batch.books
 
 
 def _mutations(good: str) -> list[str]:
@@ -254,10 +271,13 @@ def test_a_failing_fast_path_costs_cpu_never_a_batch(
 
 def test_each_value_becomes_the_float_that_float_gives() -> None:
     """One-level books with a quantity of 1 show each price's float itself (p * 1 / 1): integers up to 2^53 over their
-    power of ten, and the wider values cast from text, both equal float() of the text, around 2^53 too."""
+    power of ten, and the wider values (up to 19 digits, 2^63 - 1) cast from text, both equal float() of the text,
+    around 2^53 too."""
     rnd = random.Random(53)
     digits = [str(2**53 + d) for d in (-2, -1, 0, 1, 2, 3)] + ["1" * 18, "9" * 18, "1" + "0" * 17]
+    digits += [str(2**63 - d) for d in (1, 2, 1000)] + ["1" * 19, "1" + "0" * 18]
     digits += [str(rnd.randint(1, 10 ** rnd.randint(1, 18) - 1)) for _ in range(3000)]
+    digits += [str(rnd.randint(10**18, 2**63 - 1)) for _ in range(300)]
     values = []
     for d in digits:
         scale = rnd.randint(1, min(17, len(d)))

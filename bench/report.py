@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ __all__ = [
     "BatchRow",
     "bucket_sum",
     "drain_rate",
+    "format_copy_limit",
+    "format_ratio_range",
     "format_summary",
     "latency_series",
     "middle_rate",
@@ -25,7 +28,9 @@ __all__ = [
     "rate_between",
     "rates",
     "ratio",
+    "ratio_range",
     "ratios",
+    "spread",
     "weighted_percentiles",
     "write_json",
 ]
@@ -135,6 +140,37 @@ def latency_series(
 
 def ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """The median, min and max of a measurement's rounds (zeros when there are none)."""
+    if not values:
+        return {"median": 0.0, "min": 0.0, "max": 0.0}
+    return {"median": float(statistics.median(values)), "min": float(min(values)), "max": float(max(values))}
+
+
+def ratio_range(numerator: float | None, low: float, high: float) -> tuple[float, float] | None:
+    """numerator / high .. numerator / low: a ratio over the range of a denominator measured in rounds (lowest
+    first). None without a numerator or with a range that does not stay above 0."""
+    if numerator is None or low <= 0 or high < low:
+        return None
+    return numerator / high, numerator / low
+
+
+def format_copy_limit(chunk: int | str, result: Mapping[str, Any]) -> str:
+    """One line for a bare COPY result of `bench.copy_limit.copy_limit`: the median with the rounds' range."""
+    rounds = result.get("rounds_rows_per_s", [])
+    how = "each after a CHECKPOINT" if result.get("checkpoints") else "CHECKPOINT not permitted, none ran"
+    return (
+        f"  {chunk:>5} rows per COPY: {result['rows_per_s']:,.0f} rows/s, median of {len(rounds)} round(s) "
+        f"(range {result.get('rows_per_s_min', 0.0):,.0f}-{result.get('rows_per_s_max', 0.0):,.0f}; {how})"
+    )
+
+
+def format_ratio_range(label: str, bounds: tuple[float, float] | None, *, indent: str = "    ") -> str:
+    """`label  low .. high` for a ratio_range (`-` when there is none)."""
+    text = "-" if bounds is None else f"{_fmt(bounds[0])} .. {_fmt(bounds[1])}"
+    return f"{indent}{label}  {text}"
 
 
 def drain_rate(batches: Sequence[BatchRow], *, end: float) -> float:

@@ -4,7 +4,8 @@ on this machine, as `bookfeed up --symbols all --speed 100ms` runs them. Sampled
 received, stored; the queue; CPU per component; batches as they commit. Then: drain time after the feed stops,
 receive->committed percentiles, bytes per stored snapshot over every table, index and TOAST. Last, the capacity
 phase: the stored rate above can never pass the offered load, so the worker node is stopped, the simulator and feeds
-queue a backlog, stop, and the node (started again, alone with beat) is timed while it drains that backlog."""
+queue a backlog, stop, a CHECKPOINT runs (as before each bare COPY round), and the node (started again, alone with
+beat) is timed while it drains that backlog."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import redis
 from sqlalchemy import Connection, create_engine, text
 
 from bench import probes
+from bench.copy_limit import checkpoint
 from bench.probes import MACHINE
 from bench.report import (
     BatchRow,
@@ -94,12 +96,14 @@ class Sample:
 @dataclass
 class Drain:
     """The capacity phase as run: how long the feeds queued frames, when the worker node was started again, when
-    the queue was first seen empty (None: not within the drain timeout), the samples taken while it drained."""
+    the queue was first seen empty (None: not within the drain timeout), the samples taken while it drained, and
+    whether a CHECKPOINT ran just before the node started (False: the role may not; None: not asked)."""
 
     fill_s: float
     t_worker_start: float
     t_empty: float | None
     samples: list[Sample]
+    checkpoint: bool | None = None
 
 
 def _env(
@@ -232,10 +236,12 @@ def _capacity_phase(
     sample: Callable[[], Sample],
     poll: Callable[[], None],
     out: Callable[[str], None],
+    checkpoint: Callable[[], bool],
 ) -> Drain:
     """With the queue empty: stop the worker node, let the simulator and feeds queue `sc.backlog_s` seconds of
-    frames, stop them (so that, as for the bare COPY limit, nothing else competes for the cores), start the node
-    again with the same processes (beat keeps running) and sample until the queue is empty."""
+    frames, stop them (so that, as for the bare COPY limit, nothing else competes for the cores), run `checkpoint`
+    (as before each bare COPY round: no dirty pages nor WAL left from the run), start the node again with the same
+    processes (beat keeps running) and sample until the queue is empty."""
 
     def check() -> None:
         problem = harness.exited()
@@ -252,11 +258,14 @@ def _capacity_phase(
         time.sleep(min(0.5, max(0.0, sc.backlog_s - (time.monotonic() - t_fill))))
     _stop_sources(harness, sc)
     fill_s = time.monotonic() - t_fill
-    out("  capacity phase: feed and simulator stopped, worker node draining the backlog alone")
+    t_checkpoint = time.monotonic()
+    done = checkpoint()
+    how = f"CHECKPOINT in {time.monotonic() - t_checkpoint:.1f} s" if done else "CHECKPOINT not permitted, none ran"
+    out(f"  capacity phase: feed and simulator stopped, {how}, worker node draining the backlog alone")
     t_worker_start = time.time()
     _start_worker(harness, sc, tag)
     samples, t_empty = _drain(sample, poll, timeout_s=sc.drain_timeout_s, check=check)
-    return Drain(fill_s, t_worker_start, t_empty, samples)
+    return Drain(fill_s, t_worker_start, t_empty, samples, checkpoint=done)
 
 
 def run_scenario(
@@ -316,6 +325,7 @@ def run_scenario(
                     sample=lambda: _sample(port, rd, prefix, cpu),
                     poll=lambda: poller.poll(conn),
                     out=out,
+                    checkpoint=lambda: checkpoint(db_url),
                 )
             elif sc.backlog_s > 0:
                 out("  capacity phase skipped: the queue did not empty after the run")
@@ -381,6 +391,7 @@ def summarise_capacity(drain: Drain, batches: list[BatchRow]) -> dict[str, Any]:
             "worker node start -> first commit s": None if t_first is None else t_first - drain.t_worker_start,
             "drain s (first commit -> last commit)": None if t_first is None or end is None else end - t_first,
             "queue empty by the end": "yes" if drain.t_empty is not None else "no (timed out)",
+            "CHECKPOINT before the drain": {True: "yes", False: "no (not permitted)", None: "-"}[drain.checkpoint],
             CAPACITY: drain_rate(phase, end=end) if end is not None else 0.0,
             CAPACITY_MIDDLE: middle_rate(phase, share=0.8),
         },

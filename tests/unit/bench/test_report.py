@@ -32,6 +32,7 @@ from bench.whole_market import (
     Drain,
     Sample,
     Scenario,
+    _capacity_phase,
     _env,
     summarise,
     summarise_capacity,
@@ -161,6 +162,13 @@ def test_summarise_capacity_times_the_drain_and_its_cpu() -> None:
     assert s[CAPACITY] == pytest.approx(91_200 / 10.2)
     assert s[CAPACITY_MIDDLE] == pytest.approx(10_000.0)
     assert s["queue empty by the end"] == "yes"
+    assert s["CHECKPOINT before the drain"] == "-"  # not recorded
+    assert (
+        summarise_capacity(Drain(20.0, t0, t0 + 10.5, samples, checkpoint=True), [])["summary"][
+            "CHECKPOINT before the drain"
+        ]
+        == "yes"
+    )
     cpu = report["cpu_percent_of_one_core"]
     assert cpu["feed-0"] == 0.0  # stopped: nothing used
     assert cpu["workers (node + pool)"] == pytest.approx(180.0)  # 0.45 s every 0.25 s
@@ -289,3 +297,42 @@ def test_children_get_only_the_scenario_settings(tmp_path: Path) -> None:
     assert "BOOKFEED_BATCH_MAX_FRAMES" not in _env(
         base, db_url="d", redis_url="r", prefix="p:", workdir=tmp_path, sc=Scenario(), port=9
     )
+
+
+class _Harness:
+    """Records starts and stops in `log`, shared with the fake CHECKPOINT; no child ever exits."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def start(self, name: str, argv: object, **kwargs: object) -> None:
+        self.log.append(f"start {name}")
+
+    def stop(self, name: str, **kwargs: object) -> None:
+        self.log.append(f"stop {name}")
+
+    def exited(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("permitted", [True, False])
+def test_the_capacity_drain_starts_right_after_a_checkpoint(permitted: bool) -> None:
+    log: list[str] = []
+
+    def checkpoint() -> bool:
+        log.append("CHECKPOINT")
+        return permitted
+
+    idle = Sample(0.0, offered=-1, received=0, published=0, queued_tasks=0, pending_tasks=0, cpu={})
+    drain = _capacity_phase(
+        Scenario(symbols=10, backlog_s=0.0),
+        _Harness(log),  # type: ignore[arg-type]
+        tag="t",
+        port=9,
+        sample=lambda: idle,
+        poll=lambda: None,
+        out=lambda line: None,
+        checkpoint=checkpoint,
+    )
+    assert log[-4:] == ["stop feed-0", "stop simulator", "CHECKPOINT", "start worker"]
+    assert drain.checkpoint is permitted and drain.t_empty is not None

@@ -167,8 +167,11 @@ def columns_to_rows(cols: Columns, *, exchange: str) -> str:
     reads back the same float8), symbols as parse_stream_name writes them (upper-case letters and digits)."""
     if not len(cols):
         return ""
+    # A naive timestamp's text and "Z": the same text as a UTC timestamp's, whose cast looks the zone up per value
+    # (1.5 against 0.1 µs a row).
+    received_at = pa.array(cols.received_ns // 1000, pa.timestamp("us")).cast(pa.string())
     rows = pc.binary_join_element_wise(
-        pa.array(cols.received_ns // 1000, pa.timestamp("us", tz="UTC")).cast(pa.string()),
+        pc.binary_join_element_wise(received_at, "Z", ""),
         pa.array(cols.last_update_id).cast(pa.string()),
         pa.array(cols.bid_vwap).cast(pa.string()),
         pa.array(cols.ask_vwap).cast(pa.string()),

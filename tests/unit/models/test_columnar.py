@@ -32,6 +32,7 @@ def _canonical_rows(text: str) -> list[tuple[Any, ...]]:
     out = []
     for line in text.splitlines():
         ts, luid, bv, av, price, *rest = line.split("\t")
+        assert ts.endswith(("Z", "+00")), f"a time without its zone is read in the session's: {ts}"
         ts = ts.removesuffix("Z").removesuffix("+00")
         floats = tuple(None if v == "\\N" else float(v) for v in (bv, av, price))
         out.append((ts, luid, *floats, *rest))

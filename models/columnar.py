@@ -56,6 +56,7 @@ _READ = pj.ReadOptions(use_threads=False, block_size=1 << 26)
 # the point is out: an int64 holds it (the quantities of the cheapest coins have 11 digits before the point, 8 after).
 _MAX_CHARS = 20  # 19 digits and the point
 _MAX_INT64 = str(2**63 - 1)
+_NO_BYTES = np.zeros(0, dtype=np.uint8)
 _POW10_I = np.array([10**i for i in range(19)], dtype=np.int64)
 _POW10_F = np.array([10.0**i for i in range(19)], dtype=np.float64)  # exact: 10^i for i <= 22 is a binary64
 _EXACT_INT = 2**53  # every integer up to it is a binary64
@@ -255,13 +256,11 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
     # The grammar, in cheap steps: taking out the point leaves ASCII digits only, exactly one point was taken out,
     # not in first or last place, a leading zero only right before it, at most 19 digits in all, and with 19 at
     # most 2^63 - 1 (digit strings of one length compare as their numbers do).
-    digits = pc.replace_substring(values, ".", "")
-    length = _np(pc.binary_length(values)).astype(np.int64)
-    point = _np(pc.find_substring(values, ".")).astype(np.int64)
+    digits, length, points, point = _points_out(values)
     scale = length - point - 1
     fine = (
         _np(pc.ascii_is_decimal(digits)).astype(np.bool_)
-        & (length - _np(pc.binary_length(digits)) == 1)
+        & (points == 1)
         & (point >= 1)
         & (scale >= 1)
         & (length <= _MAX_CHARS)
@@ -292,10 +291,30 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
     first = np.minimum(offsets, max(len(prices) - 1, 0))
     # At most 18 (a value taken is a positive int64); a longer value's book is not taken, but its place must stay an
     # index.
-    zeros = np.minimum(
-        _np(pc.binary_length(digits)).astype(np.int64) - _np(pc.binary_length(pc.utf8_rtrim(digits, "0"))), 18
-    )
+    zeros = np.minimum(length - points - _np(pc.binary_length(pc.utf8_rtrim(digits, "0"))).astype(np.int64), 18)
     return _Side(ok, offsets, first, level_parent, prices, qtys, floats[0::2], floats[1::2], zeros, scale[0::2])
+
+
+def _points_out(values: pa.StringArray) -> tuple[pa.StringArray, I64, I64, I64]:
+    """(the values with every point taken out, each value's length in bytes, its number of points, where its first
+    point is or -1), from the array's buffers: one pass over the bytes where Arrow's replace and find take two. A
+    null value reads as empty (its book is not taken: `_well_formed`)."""
+    if not len(values):
+        none = np.zeros(0, dtype=np.int64)
+        return pa.array([], pa.string()), none, none, none
+    _, offset_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int32)[values.offset : values.offset + len(values) + 1]
+    offsets = offsets.astype(np.int64)
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]] if data_buffer else _NO_BYTES
+    offsets -= offsets[0]
+    is_point = data == ord(".")
+    at = np.flatnonzero(is_point)
+    before = np.searchsorted(at, offsets)  # points before each value's first byte
+    points = np.diff(before)
+    point = np.where(points > 0, np.append(at, -1)[before[:-1]] - offsets[:-1], -1)
+    kept = (offsets - before).astype(np.int32)
+    digits = pa.StringArray.from_buffers(len(values), pa.py_buffer(kept), pa.py_buffer(data[~is_point]))
+    return digits, np.diff(offsets), points, point
 
 
 def _columns(table: pa.Table, received_ns: I64) -> tuple[Columns, B]:

@@ -360,3 +360,25 @@ def test_the_same_books_spelled_otherwise_go_to_the_json_reader_and_agree(monkey
     # it), and empty values (the grammar checks judge them); nothing else that is not Binance's own spelling.
     not_template = {0, 1, 2, 3, 4, 5, 6, 9, 10, 14}
     assert sorted(read_by_reader) == sorted(2 * k + k % 2 for k in not_template)
+
+
+def test_points_are_taken_out_as_arrow_replace_and_find_would() -> None:
+    """models.columnar._points_out reads the array's buffers: a slice (an offset into them), nulls, empty values and
+    values with no point, several, or one at either end agree with Arrow's replace_substring and find_substring."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from models.columnar import _points_out
+
+    rnd = random.Random(29)
+    alphabet = "0123456789.."
+    values: list[str | None] = ["", ".", "..", "1.", ".5", "12", "1.2.3", None, "é.1", "40069.98000000"]
+    values += ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 22))) for _ in range(2_000)]
+    whole = pa.array(["9.9", *values, "1.0"], pa.string())
+    for array in (whole, whole.slice(1, len(values)), whole.slice(3, 5), whole.slice(0, 0)):
+        digits, length, points, point = _points_out(array)
+        plain = pc.fill_null(array, "")
+        assert digits.to_pylist() == pc.replace_substring(plain, ".", "").to_pylist()
+        assert length.tolist() == pc.binary_length(plain).to_pylist()
+        assert point.tolist() == pc.find_substring(plain, ".").to_pylist()
+        assert points.tolist() == [v.count(".") for v in plain.to_pylist()]

@@ -66,6 +66,22 @@ def broker_prefix() -> str:
     return BROKER_PREFIX
 
 
+@pytest.fixture(scope="module")
+def own_db(services: Services) -> Iterator[Engine]:
+    """A database of the module's own, migrated to head, dropped after the module: for tests that drop partitions
+    or delete what every other test would see."""
+    from sqlalchemy.pool import NullPool
+
+    from workers.schema import upgrade_to_head
+
+    url = services.create_database()
+    upgrade_to_head(url)
+    eng = create_engine(url, poolclass=NullPool)
+    yield eng
+    eng.dispose()
+    services.drop_database(url)
+
+
 @pytest.fixture(scope="session")
 def engine(database_url: str) -> Iterator[Engine]:
     eng = create_engine(database_url, pool_size=2)

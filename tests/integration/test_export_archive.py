@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,12 @@ from models.coldstore import ARCHIVE_TASK, ArchiveError, DayManifest, book_path,
 from models.messages import make_batch
 from models.vocabulary import METRICS_QUEUE
 from stack.cli import main
-from stack.embedded import Servers
 from tests.conftest import service_env
 from tests.integration._frames import fixture_frames, frame
 from tests.services import start_worker, stop_process, wait_for
 from workers.archive import archive_closed_days, rearchive_days
 from workers.ingest import ingest_batch
 from workers.retention import RetentionError, apply_retention
-from workers.schema import upgrade_to_head
 from workers.storage import ensure_partitions
 
 pytestmark = pytest.mark.integration
@@ -63,13 +60,8 @@ def _frames() -> list[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def db(services: Servers) -> Iterator[Engine]:
-    url = services.create_database()
-    upgrade_to_head(url)
-    engine = create_engine(url, poolclass=NullPool)
-    yield engine
-    engine.dispose()
-    services.drop_database(url)
+def db(own_db: Engine) -> Engine:
+    return own_db
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,14 +14,12 @@ from sqlalchemy.pool import NullPool
 
 from models.messages import make_batch
 from models.vocabulary import WINDOWS_S
-from stack.embedded import Servers
 from tests.integration._frames import simple_book
 from workers import ingest
 from workers.averages import compute_averages
 from workers.beat import averages_lag_s
 from workers.ingest import ingest_batch
 from workers.retention import REDELIVERY_HORIZON, RetentionError, apply_retention, prune_batches, retention_cutoff
-from workers.schema import upgrade_to_head
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +30,8 @@ D = timedelta(days=1)
 
 
 @pytest.fixture(scope="module")
-def db(services: Servers) -> Iterator[Engine]:
-    url = services.create_database()
-    upgrade_to_head(url)
-    engine = create_engine(url, poolclass=NullPool)
-    yield engine
-    engine.dispose()
-    services.drop_database(url)
+def db(own_db: Engine) -> Engine:
+    return own_db
 
 
 @pytest.fixture

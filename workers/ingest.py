@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -22,8 +22,11 @@ __all__ = ["IngestResult", "ingest_batch", "reject_batch"]
 
 logger = logging.getLogger(__name__)
 
-# Partitions known to exist in this process; a new UTC day costs one extra statement per process.
-_known_days: set[date] = set()
+# Partitions known to exist, per database this process writes to; a new UTC day costs one extra statement per
+# process. Only today's and yesterday's are trusted: retention (BOOKFEED_RETENTION_DAYS >= 1) keeps at least those,
+# and any older day it may have dropped since, so a late book of such a day asks for its partition again (one
+# statement per batch).
+_known_days: dict[str, set[date]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +91,17 @@ def _with_partitions(engine: Engine, batch: ParsedBatch, payload: Any) -> Parsed
     (too far from now) are rejected with its reason; the rest of the batch is stored. Any other error (a revoked
     grant, a missing function, an outage) propagates, so the batch is retried rather than its books rejected."""
     refused: dict[date, str] = {}
-    for day in sorted(_days(batch) - _known_days):
+    trusted = datetime.now(UTC).date() - timedelta(days=1)
+    known = _known_days.setdefault(str(engine.url), set())
+    known.difference_update([d for d in known if d < trusted])
+    for day in sorted(d for d in _days(batch) if d not in known):
         try:
             with storage.translate_errors(), engine.begin() as conn:
                 storage.ensure_partitions(conn, [day])
         except PartitionRefusedError as exc:  # only the function's own refusal; other errors are retried
             refused[day] = f"no partition for {day}: {exc}"
             continue
-        _known_days.add(day)
+        known.add(day)
     if not refused:
         return batch
     batch = _one_by_one(batch, payload)

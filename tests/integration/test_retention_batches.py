@@ -15,7 +15,6 @@ from sqlalchemy.pool import NullPool
 from models.messages import make_batch
 from models.vocabulary import WINDOWS_S
 from tests.integration._frames import simple_book
-from workers import ingest
 from workers.averages import compute_averages
 from workers.beat import averages_lag_s
 from workers.ingest import ingest_batch
@@ -35,10 +34,7 @@ def db(own_db: Engine) -> Engine:
 
 
 @pytest.fixture
-def batches_db(db: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
-    # The ingest path remembers the partitions it made per process, whatever the database: this module's own
-    # memory, so neither another module's days nor the days retention drops here leak across.
-    monkeypatch.setattr(ingest, "_known_days", set())
+def batches_db(db: Engine) -> Engine:
     with db.begin() as conn:
         conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches, averages_progress"))
     return db

@@ -58,19 +58,14 @@ def _frames() -> list[tuple[int, str]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def db(own_db: Engine) -> Engine:
-    return own_db
-
-
 @pytest.fixture
-def books_db(db: Engine) -> Engine:
-    with db.begin() as conn:
+def books_db(own_db: Engine) -> Engine:
+    with own_db.begin() as conn:
         conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches"))
     frames = _frames()
-    result = ingest_batch(db, make_batch(batch_id=f"export-{datetime.now(UTC).timestamp()}", frames=frames))
+    result = ingest_batch(own_db, make_batch(batch_id=f"export-{datetime.now(UTC).timestamp()}", frames=frames))
     assert (result.n_books, result.n_rejected) == (len(frames), 0)
-    return db
+    return own_db
 
 
 def _view_rows(engine: Engine, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")) -> list[tuple[Any, ...]]:

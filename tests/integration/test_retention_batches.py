@@ -28,16 +28,11 @@ CUTOFF = retention_cutoff(NOW, DAYS)
 D = timedelta(days=1)
 
 
-@pytest.fixture(scope="module")
-def db(own_db: Engine) -> Engine:
-    return own_db
-
-
 @pytest.fixture
-def batches_db(db: Engine) -> Engine:
-    with db.begin() as conn:
+def batches_db(own_db: Engine) -> Engine:
+    with own_db.begin() as conn:
         conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches, averages_progress"))
-    return db
+    return own_db
 
 
 def _add(engine: Engine, *ids: str, stored_at: datetime, books: tuple[datetime, datetime] | None) -> None:

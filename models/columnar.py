@@ -71,6 +71,7 @@ _TEMPLATE = re.compile(
     rb'\{"stream":"[a-z@]*","data":\{"lastUpdateId":,"bids":\[((?:\["",""\],)*\["",""\])\],'
     rb'"asks":\[((?:\["",""\],)*\["",""\])\]\}\}'
 )
+_TEMPLATE_LINE = re.compile(_TEMPLATE.pattern + rb"\n")
 _NUMERALS = b"0123456789."
 _PUNCTUATION = b'"[]{}'
 _FIXED_TOKENS = 7  # per frame: "stream", the name, "data", "lastUpdateId", the id, "bids", "asks"
@@ -98,6 +99,28 @@ class Columns:
         return len(self.taken)
 
 
+@dataclass(frozen=True, slots=True)
+class _Levels:
+    """One side of every book of a `_Part`: its values in order (price, quantity, price, ...) and its levels per
+    book (one or more each)."""
+
+    values: pa.StringArray
+    count: I64
+    digits_and_points: bool  # every value is known to be made of digits and points only (the template saw them)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """Books one reader read, each of the shape parse_frame asks for (a stream name, a non-negative id, two sides
+    of one level or more, each level a pair of strings); their values are not judged yet."""
+
+    idx: list[int]  # per book: its index in the input
+    stream: pa.StringArray
+    last_update_id: I64
+    bids: _Levels
+    asks: _Levels
+
+
 def parse_columns(frames: Sequence[tuple[int, str]]) -> tuple[Columns, list[int]]:
     """(what the fast path took, the indices of the frames it leaves to models.book.parse_frame). `frames` are
     (received_ns, text) with received_ns already checked (an int of ns in [1970, 10000))."""
@@ -108,19 +131,60 @@ def parse_columns(frames: Sequence[tuple[int, str]]) -> tuple[Columns, list[int]
         for i, (ns, raw) in enumerate(frames)
         if raw[:1] == "{" and len(raw) <= _MAX_CHARS_FRAME and "\n" not in raw and "\r" not in raw and ns < _MAX_NS
     ]
+    parts: list[_Part] = []
     tables: list[pa.Table] = []
     read: list[int] = []
-    _read(frames, _tokenize(frames, candidates, tables, read), tables, read)
-    if not read:
+    _read(frames, _tokenize(frames, candidates, parts), tables, read)
+    if tables:
+        part = _part_from_table(pa.concat_tables(tables) if len(tables) > 1 else tables[0], read)
+        if part is not None:
+            parts.append(part)
+    taken: list[Columns] = []
+    for part in parts:
+        cols, _ = _columns(part, np.array([frames[i][0] for i in part.idx], dtype=np.int64))
+        if len(cols):
+            taken.append(replace(cols, taken=[part.idx[i] for i in cols.taken]))
+    if not taken:
         return _empty(), list(range(len(frames)))
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    if read != sorted(read):  # the books in the order they came
-        order = np.argsort(np.array(read), kind="stable")
-        table, read = table.take(pa.array(order)), [read[i] for i in order.tolist()]
-    cols, ok = _columns(table, np.array([frames[i][0] for i in read], dtype=np.int64))
-    taken = [read[i] for i in np.flatnonzero(ok).tolist()]
-    taken_set = set(taken)
-    return replace(cols, taken=taken), [i for i in range(len(frames)) if i not in taken_set]
+    cols = _in_input_order(taken)
+    taken_set = set(cols.taken)
+    return cols, [i for i in range(len(frames)) if i not in taken_set]
+
+
+def _in_input_order(parts: list[Columns]) -> Columns:
+    """The books of every part in one Columns, in the order they came (parts may interleave)."""
+    taken = [i for c in parts for i in c.taken]
+    if len(parts) == 1 and taken == sorted(taken):
+        return parts[0]
+    order = np.argsort(np.array(taken), kind="stable")
+    rows = pa.array(order)
+
+    def arrays(name: str) -> Any:
+        return np.concatenate([getattr(c, name) for c in parts])[order]
+
+    def strings(get: Any) -> pa.Array:
+        return pa.concat_arrays([get(c) for c in parts]).take(rows)
+
+    return Columns(
+        taken=[taken[i] for i in order.tolist()],
+        received_ns=arrays("received_ns"),
+        symbol=strings(lambda c: c.symbol),
+        depth=arrays("depth"),
+        last_update_id=arrays("last_update_id"),
+        scale=arrays("scale"),
+        bid_vwap=arrays("bid_vwap"),
+        ask_vwap=arrays("ask_vwap"),
+        price=arrays("price"),
+        crossed=arrays("crossed"),
+        best_bid=arrays("best_bid"),
+        best_ask=arrays("best_ask"),
+        levels=(
+            strings(lambda c: c.levels[0]),
+            strings(lambda c: c.levels[1]),
+            strings(lambda c: c.levels[2]),
+            strings(lambda c: c.levels[3]),
+        ),
+    )
 
 
 def _read(frames: Sequence[tuple[int, str]], idx: list[int], tables: list[pa.Table], read: list[int]) -> None:
@@ -145,23 +209,34 @@ def _read(frames: Sequence[tuple[int, str]], idx: list[int], tables: list[pa.Tab
             _read(frames, idx[k : k + step], tables, read)
 
 
-def _tokenize(frames: Sequence[tuple[int, str]], idx: list[int], tables: list[pa.Table], read: list[int]) -> list[int]:
-    """Read the frames `idx` that fit `_TEMPLATE` without a JSON parser, into the table the JSON reader gives for
-    them (`_SCHEMA`); returns the others, for `_read`. With the template checked, every token is a key, the stream's
-    name, the id or a value, each at a place the level counts give."""
+def _tokenize(frames: Sequence[tuple[int, str]], idx: list[int], parts: list[_Part]) -> list[int]:
+    """Read the frames `idx` that fit `_TEMPLATE` without a JSON parser, into a `_Part`; returns the others, for
+    `_read`. With the template checked, every token is a key, the stream's name, the id or a value, each at a place
+    the level counts give, and every value is a string of digits and points of a pair, one pair or more a side."""
     if not idx:
         return []
     try:
         blob = ("\n".join([frames[i][1] for i in idx]) + "\n").encode("utf-8")
     except UnicodeEncodeError:
         return idx
-    shapes = [_TEMPLATE.fullmatch(s) for s in blob.translate(None, _NUMERALS).split(b"\n")[:-1]]
-    spans = [(m.end(1) - m.start(1), m.end(2) - m.start(2)) for m in shapes if m is not None]
-    if len(spans) < len(idx):
-        fit = [i for i, m in zip(idx, shapes, strict=True) if m is not None]
-        return [i for i, m in zip(idx, shapes, strict=True) if m is None] + _tokenize(frames, fit, tables, read)
+    skeleton = blob.translate(None, _NUMERALS)
+    # One search over the whole batch: every frame fits when the matches follow each other from the first byte to
+    # the last (the template holds no line break, so each is one line). Otherwise each line is matched alone.
+    matches = list(_TEMPLATE_LINE.finditer(skeleton))
+    pos = 0
+    for m in matches:
+        if m.start() != pos:
+            break
+        pos = m.end()
+    if len(matches) != len(idx) or pos != len(skeleton):
+        shapes = [_TEMPLATE.fullmatch(s) for s in skeleton.split(b"\n")[:-1]]
+        matches = [m for m in shapes if m is not None]
+        if len(matches) < len(idx):
+            fit = [i for i, m in zip(idx, shapes, strict=True) if m is not None]
+            return [i for i, m in zip(idx, shapes, strict=True) if m is None] + _tokenize(frames, fit, parts)
     # A side of n levels is 8n - 1 bytes of the template (`["",""]` and commas): 2n values.
-    bid_values, ask_values = ((np.array(spans, dtype=np.int64) + 1) // 4).T
+    bid_values = (np.array([m.end(1) - m.start(1) for m in matches], dtype=np.int64) + 1) // 4
+    ask_values = (np.array([m.end(2) - m.start(2) for m in matches], dtype=np.int64) + 1) // 4
     text = np.frombuffer(blob.translate(None, _PUNCTUATION), dtype=np.uint8)
     cut = (text == ord(",")) | (text == ord(":")) | (text == ord("\n"))
     ends = np.flatnonzero(cut)
@@ -187,23 +262,16 @@ def _tokenize(frames: Sequence[tuple[int, str]], idx: list[int], tables: list[pa
     )
     if not plain.all():
         fit = [i for i, ok in zip(idx, plain.tolist(), strict=True) if ok]
-        return [i for i, ok in zip(idx, plain.tolist(), strict=True) if not ok] + _tokenize(frames, fit, tables, read)
+        return [i for i, ok in zip(idx, plain.tolist(), strict=True) if not ok] + _tokenize(frames, fit, parts)
 
-    def side(at: I64, n: I64) -> pa.ListArray:
-        """The levels of one side: the n values of each frame from its token `at` on, in pairs."""
-        total = int(n.sum())
-        where = np.repeat(at - (np.cumsum(n) - n), n) + np.arange(total)
-        pairs = pa.ListArray.from_arrays(pa.array(np.arange(0, total + 1, 2, dtype=np.int32)), tokens.take(where))
-        outer = np.zeros(len(n) + 1, dtype=np.int32)
-        np.cumsum(n // 2, out=outer[1:])
-        return pa.ListArray.from_arrays(pa.array(outer), pairs)
+    def side(at: I64, n: I64) -> _Levels:
+        """The values of one side: the n of each frame from its token `at` on."""
+        where = np.repeat(at - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        return _Levels(tokens.take(where), n // 2, digits_and_points=True)
 
-    data = pa.StructArray.from_arrays(
-        [pc.cast(ids, pa.int64()), side(first + 6, bid_values), side(first + 7 + bid_values, ask_values)],
-        fields=list(_SCHEMA.field("data").type),
-    )
-    tables.append(pa.Table.from_arrays([tokens.take(pa.array(first + 1)), data], schema=_SCHEMA))
-    read.extend(idx)
+    luid = _np(pc.cast(ids, pa.int64())).astype(np.int64)
+    bids, asks = side(first + 6, bid_values), side(first + 7 + bid_values, ask_values)
+    parts.append(_Part(list(idx), tokens.take(pa.array(first + 1)), luid, bids, asks))
     return []
 
 
@@ -232,6 +300,33 @@ class _Side:
     scale: I64  # per level
 
 
+def _part_from_table(table: pa.Table, read: list[int]) -> _Part | None:
+    """The books of the JSON reader's table (row k is input frame read[k]) that have the shape `_Part` asks for."""
+    n = table.num_rows
+    stream = table.column("stream").combine_chunks()
+    data = table.column("data").combine_chunks()
+    luid = _np(pc.fill_null(data.field("lastUpdateId"), -1)).astype(np.int64)
+    ok = (
+        _np(stream.is_valid())
+        & _np(data.is_valid())
+        & (luid >= 0)
+        & _well_formed(data.field("bids"), n)
+        & _well_formed(data.field("asks"), n)
+    )
+    keep = np.flatnonzero(ok)
+    if not len(keep):
+        return None
+    if len(keep) < n:
+        rows = pa.array(keep)
+        stream, data, luid = stream.take(rows), data.take(rows), luid[keep]
+
+    def levels(side: pa.ListArray) -> _Levels:
+        count = _np(pc.list_value_length(side)).astype(np.int64)
+        return _Levels(side.flatten().flatten(), count, digits_and_points=False)
+
+    return _Part([read[i] for i in keep.tolist()], stream, luid, levels(data.field("bids")), levels(data.field("asks")))
+
+
 def _well_formed(levels: pa.ListArray, n: int) -> B:
     """Per book: this side is a list of at least one level, each a pair of strings (not null)."""
     count = _np(pc.fill_null(pc.list_value_length(levels), 0)).astype(np.int64)
@@ -247,25 +342,20 @@ def _well_formed(levels: pa.ListArray, n: int) -> B:
     return ok
 
 
-def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
-    """The levels of one side of every book (each `_well_formed`), as scaled integers, and which books they leave
-    fit for the fast path."""
-    count = _np(pc.list_value_length(levels)).astype(np.int64)
+def _side(levels: _Levels, n: int, depth: I64) -> _Side:
+    """The levels of one side of every book, as scaled integers, and which books they leave fit for the fast
+    path."""
+    count = levels.count
     ok = count <= depth
-    values = levels.flatten().flatten()
-    # The grammar, in cheap steps: taking out the point leaves ASCII digits only, exactly one point was taken out,
-    # not in first or last place, a leading zero only right before it, at most 19 digits in all, and with 19 at
-    # most 2^63 - 1 (digit strings of one length compare as their numbers do).
-    digits, length, points, point = _points_out(values)
+    values = levels.values
+    # The grammar, in cheap steps: taking out the point leaves ASCII digits only (known for values the template
+    # saw), exactly one point was taken out, not in first or last place, a leading zero only right before it, at most
+    # 19 digits in all, and with 19 at most 2^63 - 1 (digit strings of one length compare as their numbers do).
+    digits, length, points, point, zero_first = _points_out(values)
     scale = length - point - 1
-    fine = (
-        _np(pc.ascii_is_decimal(digits)).astype(np.bool_)
-        & (points == 1)
-        & (point >= 1)
-        & (scale >= 1)
-        & (length <= _MAX_CHARS)
-        & ~(_np(pc.starts_with(values, "0")).astype(np.bool_) & (point > 1))
-    )
+    fine = (points == 1) & (point >= 1) & (scale >= 1) & (length <= _MAX_CHARS) & ~(zero_first & (point > 1))
+    if not levels.digits_and_points:
+        fine &= _np(pc.ascii_is_decimal(digits)).astype(np.bool_)
     widest = length == _MAX_CHARS
     if widest.any():
         fine[widest] &= _np(pc.less_equal(digits.take(pa.array(np.flatnonzero(widest))), _MAX_INT64)).astype(np.bool_)
@@ -283,8 +373,8 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
     big = fine & ~small
     if big.any():
         floats[big] = _np(pc.cast(values.take(pa.array(np.flatnonzero(big))), pa.float64()))
-    level_parent = _np(pc.list_parent_indices(levels)).astype(np.int64)
-    offsets = np.asarray(levels.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)[:-1] - levels.offsets[0].as_py()
+    level_parent = np.repeat(np.arange(n), count)
+    offsets = np.cumsum(count) - count
     prices, qtys = ints[0::2], ints[1::2]
     bad_value = ~fine[0::2] | ~fine[1::2] | (prices <= 0) | (qtys <= 0) | (scale[0::2] != scale[1::2])
     ok &= np.bincount(level_parent[bad_value], minlength=n) == 0
@@ -295,65 +385,73 @@ def _side(levels: pa.ListArray, n: int, depth: I64) -> _Side:
     return _Side(ok, offsets, first, level_parent, prices, qtys, floats[0::2], floats[1::2], zeros, scale[0::2])
 
 
-def _points_out(values: pa.StringArray) -> tuple[pa.StringArray, I64, I64, I64]:
+def _points_out(values: pa.StringArray) -> tuple[pa.StringArray, I64, I64, I64, B]:
     """(the values with every point taken out, each value's length in bytes, its number of points, where its first
-    point is or -1), from the array's buffers: one pass over the bytes where Arrow's replace and find take two. A
-    null value reads as empty (its book is not taken: `_well_formed`)."""
+    point is or -1, whether it starts with "0"), from the array's buffers: one pass over the bytes where Arrow's
+    replace and find take two. A null value reads as empty (its book is not taken: `_well_formed`)."""
     if not len(values):
         none = np.zeros(0, dtype=np.int64)
-        return pa.array([], pa.string()), none, none, none
+        return pa.array([], pa.string()), none, none, none, np.zeros(0, dtype=np.bool_)
     _, offset_buffer, data_buffer = values.buffers()
     offsets = np.frombuffer(offset_buffer, dtype=np.int32)[values.offset : values.offset + len(values) + 1]
     offsets = offsets.astype(np.int64)
     data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]] if data_buffer else _NO_BYTES
     offsets -= offsets[0]
+    starts, ends = offsets[:-1], offsets[1:]
     is_point = data == ord(".")
     at = np.flatnonzero(is_point)
-    before = np.searchsorted(at, offsets)  # points before each value's first byte
-    points = np.diff(before)
-    point = np.where(points > 0, np.append(at, -1)[before[:-1]] - offsets[:-1], -1)
-    kept = (offsets - before).astype(np.int32)
-    digits = pa.StringArray.from_buffers(len(values), pa.py_buffer(kept), pa.py_buffer(data[~is_point]))
-    return digits, np.diff(offsets), points, point
+    n = len(values)
+    if len(at) == n and bool(((at >= starts) & (at < ends)).all()):
+        # n points, the k-th inside value k: one point in every value (the common case, without a search).
+        points = np.ones(n, dtype=np.int64)
+        point = at - starts
+        kept = (offsets - np.arange(n + 1)).astype(np.int32)
+    else:
+        before = np.searchsorted(at, offsets)  # points before each value's first byte
+        points = np.diff(before)
+        point = np.where(points > 0, np.append(at, -1)[before[:-1]] - starts, -1)
+        kept = (offsets - before).astype(np.int32)
+    digits = pa.StringArray.from_buffers(n, pa.py_buffer(kept), pa.py_buffer(data[~is_point]))
+    length = ends - starts
+    zero_first = np.zeros(n, dtype=np.bool_)
+    if len(data):  # an empty value's place may be past the end: its byte is not looked at
+        zero_first = (length > 0) & (data[np.minimum(starts, len(data) - 1)] == ord("0"))
+    return digits, length, points, point, zero_first
 
 
-def _columns(table: pa.Table, received_ns: I64) -> tuple[Columns, B]:
-    n = table.num_rows
-    stream = table.column("stream").combine_chunks()
-    data = table.column("data").combine_chunks()
-    luid = _np(pc.fill_null(data.field("lastUpdateId"), -1)).astype(np.int64)
-    ok = _np(stream.is_valid()) & _np(data.is_valid()) & (luid >= 0)
-    # Streams: a few distinct names per batch, each parsed once.
-    names = pc.unique(stream).drop_null()
-    symbols: list[str] = []
-    depths: list[int] = []
-    for name in names.to_pylist():
+# Stream name -> (symbol, depth) of models.vocabulary.parse_stream_name, ("", 0) for a name it refuses; a batch of
+# the whole market names hundreds of streams, each parsed once a process (cleared past _STREAMS_MAX names).
+_STREAMS: dict[str, tuple[str, int]] = {}
+_STREAMS_MAX = 100_000
+
+
+def _stream(name: str) -> tuple[str, int]:
+    known = _STREAMS.get(name)
+    if known is None:
         try:
             parsed = parse_stream_name(name)
         except MalformedPayloadError:
-            symbols.append("")
-            depths.append(0)  # no depth admits a level: the book is not taken
+            known = ("", 0)  # no depth admits a level: the book is not taken
         else:
-            symbols.append(parsed.symbol)
-            depths.append(parsed.depth)
-    where = _np(pc.fill_null(pc.index_in(stream, names), 0)).astype(np.int64)
-    if len(names):
-        depth = np.array(depths, dtype=np.int64)[where]
-    else:
-        depth = np.zeros(n, dtype=np.int64)
-        ok[:] = False
-    shaped = ok & _well_formed(data.field("bids"), n) & _well_formed(data.field("asks"), n)
-    if not shaped.all():  # read the well-formed books alone
-        keep = np.flatnonzero(shaped)
-        ok = np.zeros(n, dtype=np.bool_)
-        if not len(keep):
-            return _empty(), ok
-        cols, sub_ok = _columns(table.take(pa.array(keep)), received_ns[keep])
-        ok[keep[sub_ok]] = True
-        return cols, ok
-    bids = _side(data.field("bids"), n, depth)
-    asks = _side(data.field("asks"), n, depth)
-    ok &= bids.ok & asks.ok
+            known = (parsed.symbol, parsed.depth)
+        if len(_STREAMS) >= _STREAMS_MAX:
+            _STREAMS.clear()
+        _STREAMS[name] = known
+    return known
+
+
+def _columns(part: _Part, received_ns: I64) -> tuple[Columns, B]:
+    """The Columns of the books of `part` it takes (`taken`: their places in the part), and which it takes."""
+    n = len(part.idx)
+    # Streams: a few distinct names per batch (hundreds for the whole market), each parsed once a process.
+    names = pc.unique(part.stream)
+    symbols, depths = zip(*(_stream(name) for name in names.to_pylist()), strict=True)
+    where = _np(pc.index_in(part.stream, names)).astype(np.int64)
+    depth = np.array(depths, dtype=np.int64)[where]
+    luid = part.last_update_id
+    bids = _side(part.bids, n, depth)
+    asks = _side(part.asks, n, depth)
+    ok = bids.ok & asks.ok
     # One scale per book: every value of both sides has the first bid price's.
     scale = np.zeros(n, dtype=np.int64)
     has = np.flatnonzero(ok)

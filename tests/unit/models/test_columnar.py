@@ -375,10 +375,14 @@ def test_points_are_taken_out_as_arrow_replace_and_find_would() -> None:
     values: list[str | None] = ["", ".", "..", "1.", ".5", "12", "1.2.3", None, "é.1", "40069.98000000"]
     values += ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 22))) for _ in range(2_000)]
     whole = pa.array(["9.9", *values, "1.0"], pa.string())
-    for array in (whole, whole.slice(1, len(values)), whole.slice(3, 5), whole.slice(0, 0)):
-        digits, length, points, point = _points_out(array)
+    # One point in every value (the search-free case), and as many points as values but not one each.
+    one_each = pa.array(["0.5", "12.25", "1.", ".7", "3.000"] * 3, pa.string())
+    as_many = pa.array(["1.5", "1..2", "7", "0.25", "3."], pa.string())
+    for array in (whole, whole.slice(1, len(values)), whole.slice(3, 5), whole.slice(0, 0), one_each, as_many):
+        digits, length, points, point, zero_first = _points_out(array)
         plain = pc.fill_null(array, "")
         assert digits.to_pylist() == pc.replace_substring(plain, ".", "").to_pylist()
         assert length.tolist() == pc.binary_length(plain).to_pylist()
         assert point.tolist() == pc.find_substring(plain, ".").to_pylist()
         assert points.tolist() == [v.count(".") for v in plain.to_pylist()]
+        assert zero_first.tolist() == [v.startswith("0") for v in plain.to_pylist()]

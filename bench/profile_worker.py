@@ -72,7 +72,7 @@ def phases(db_url: str, n_batches: int, size: int, *, per_frame: bool = False) -
             lap("parse + validate")
             items = [(b, book_metrics(b)) for b in books]
             lap("metrics")
-            rows = storage.to_rows(items, exchange=EXCHANGE)
+            rows: str | bytes = storage.to_rows(items, exchange=EXCHANGE)
             lap("COPY rows (to_rows)")
             n_books, ns = len(books), [b.received_ns for b in books]
         else:

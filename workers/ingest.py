@@ -127,9 +127,9 @@ def _bounds(batch: ParsedBatch) -> tuple[int | None, int | None]:
 
 def _store(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | None:
     """(books, rejected) stored, or None when the batch was stored before."""
-    rows = storage.to_rows(batch.books, exchange=batch.exchange)
+    rows: list[str | bytes] = [storage.to_rows(batch.books, exchange=batch.exchange)] if batch.books else []
     if batch.columns is not None:
-        rows += storage.columns_to_rows(batch.columns, exchange=batch.exchange)
+        rows.append(storage.columns_to_rows(batch.columns, exchange=batch.exchange))
     lo, hi = _bounds(batch)
     with storage.translate_errors(), engine.begin() as conn:
         if not storage.claim_batch(
@@ -144,10 +144,10 @@ def _store(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | None:
         if batch.n_books:
             try:
                 with conn.begin_nested():
-                    storage.copy_books(conn, rows)
+                    storage.copy_books(conn, *rows)
             except DuplicateRowError:
                 # Some frame is stored already (re-published under another batch id): keep the rest.
-                storage.insert_books_skipping_duplicates(conn, rows)
+                storage.insert_books_skipping_duplicates(conn, *rows)
         storage.insert_rejected(conn, batch.rejected, exchange=batch.exchange, batch_id=batch.batch_id)
         storage.insert_gaps(conn, batch.gaps, exchange=batch.exchange, batch_id=batch.batch_id)
     live.publish_stored(batch.exchange, batch.books, batch.columns)  # committed: WS /v1/live pushes stored books

@@ -122,10 +122,10 @@ def test_a_batch_committed_while_a_run_computed_is_counted_by_the_next_run(clean
         assert storage.claim_batch(
             conn, batch_id="in-flight", n_books=1, n_rejected=0, min_ns=(S + 21) * NS, max_ns=(S + 21) * NS
         )
-        rows = storage.to_rows(flight.books, exchange=flight.exchange)
+        rows: list[str | bytes] = [storage.to_rows(flight.books, exchange=flight.exchange)]
         if flight.columns is not None:
-            rows += storage.columns_to_rows(flight.columns, exchange=flight.exchange)
-        storage.copy_books(conn, rows)
+            rows.append(storage.columns_to_rows(flight.columns, exchange=flight.exchange))
+        storage.copy_books(conn, *rows)
         compute_averages(clean_db, window_s=30, now_s=S + 100, grace_s=5, lookback_s=60)
         assert _prices(clean_db, 30)[start][1] == 1  # not committed yet: not seen
     # Committed after that run's snapshot; the next run, with nothing newly closed, corrects the window.

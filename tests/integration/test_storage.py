@@ -26,6 +26,7 @@ from tests.factories import make_book
 from tests.integration._frames import diff_depth_frame, fixture_frames, frame, simple_book
 from tests.unit.models.test_encoding import PLAIN, uniform_books
 from tests.unit.workers.test_storage_rows import ANY_TEXT
+from workers.envelope import parse_batch
 from workers.ingest import ingest_batch
 from workers.storage import clean_text, copy_books, ensure_partitions, to_rows
 
@@ -347,6 +348,10 @@ def test_the_batch_fast_path_and_the_per_frame_path_store_the_same_rows(clean_db
     ]
     data = json.loads(frames[-1])["data"]
     frames.append(_frame({**data, "bids": data["asks"][:2][::-1], "asks": data["bids"][:2][::-1]}))  # crossed
+    # A book the fast path leaves to the per-frame path (no point): that batch's COPY gets both paths' rows.
+    frames.insert(3, _frame({"lastUpdateId": 7, "bids": [["100", "2"]], "asks": [["101", "3"]]}))
+    mixed = parse_batch(make_batch(batch_id="probe", frames=[(T0, f) for f in frames]))
+    assert len(mixed.books) == 1 and mixed.columns is not None and len(mixed.columns) == len(frames) - 1
     day = 86_400 * 10**9
     # One microsecond apart (what timestamptz keeps), so that ORDER BY received_at is one order.
     fast = ingest_batch(

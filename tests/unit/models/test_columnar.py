@@ -42,7 +42,7 @@ def _canonical_rows(text: str) -> list[tuple[Any, ...]]:
 def _outcome(batch: ParsedBatch) -> tuple[list[tuple[Any, ...]], list[tuple[int, str, str]]]:
     rows = storage.to_rows(batch.books, exchange=batch.exchange)
     if batch.columns is not None:
-        rows += storage.columns_to_rows(batch.columns, exchange=batch.exchange)
+        rows += storage.columns_to_rows(batch.columns, exchange=batch.exchange).decode("ascii")
     rejected = sorted((r.received_ns, r.reason, r.raw) for r in batch.rejected)
     return _canonical_rows(rows), rejected
 

@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backlog-seconds",
         type=float,
-        default=20.0,
-        help="capacity phase: seconds the feed runs with the worker node stopped (default 20: about 260,000 frames "
-        "queued for 1,500 symbols at 100 ms, the feed's start-up included; 0: skip the phase)",
+        default=60.0,
+        help="capacity phase: seconds the feed runs with the worker node stopped (default 60: about 880,000 frames "
+        "queued for 1,500 symbols at 100 ms, a drain long enough that beat's averaging runs weigh their share and the "
+        "pool's first second little; 0: skip the phase)",
     )
     p.add_argument(
         "--copy-seconds",

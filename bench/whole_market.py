@@ -67,7 +67,7 @@ class Scenario:
     drain_timeout_s: float = 300.0
     sample_s: float = 1.0
     batch_frames: int | None = None  # BOOKFEED_BATCH_MAX_FRAMES for the feeds (None: the setting's default)
-    backlog_s: float = 20.0  # capacity phase: seconds the feeds queue frames with the worker node stopped (0: none)
+    backlog_s: float = 60.0  # capacity phase: seconds the feeds queue frames with the worker node stopped (0: none)
 
     @property
     def label(self) -> str:

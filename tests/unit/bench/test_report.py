@@ -275,7 +275,7 @@ def test_quick_is_a_short_small_run() -> None:
 
 def test_backlog_seconds_sets_the_capacity_phase() -> None:
     (default,) = scenarios(build_parser().parse_args([]))
-    assert default.backlog_s == 20.0
+    assert default.backlog_s == 60.0
     (skipped,) = scenarios(build_parser().parse_args(["--backlog-seconds", "0"]))
     assert skipped.backlog_s == 0.0
 

@@ -142,7 +142,7 @@ def parse_columns(frames: Sequence[tuple[int, str]]) -> tuple[Columns, list[int]
             parts.append(part)
     taken: list[Columns] = []
     for part in parts:
-        cols, _ = _columns(part, np.array([frames[i][0] for i in part.idx], dtype=np.int64))
+        cols = _columns(part, np.array([frames[i][0] for i in part.idx], dtype=np.int64))
         if len(cols):
             taken.append(replace(cols, taken=[part.idx[i] for i in cols.taken]))
     if not taken:
@@ -441,8 +441,8 @@ def _stream(name: str) -> tuple[str, int]:
     return known
 
 
-def _columns(part: _Part, received_ns: I64) -> tuple[Columns, B]:
-    """The Columns of the books of `part` it takes (`taken`: their places in the part), and which it takes."""
+def _columns(part: _Part, received_ns: I64) -> Columns:
+    """The Columns of the books of `part` the fast path takes (`taken`: their places in the part)."""
     n = len(part.idx)
     # Streams: a few distinct names per batch (hundreds for the whole market), each parsed once a process.
     names = pc.unique(part.stream)
@@ -466,7 +466,7 @@ def _columns(part: _Part, received_ns: I64) -> tuple[Columns, B]:
         ok &= np.bincount(side.parent[1:][wrong], minlength=n) == 0
     keep = np.flatnonzero(ok)
     if not len(keep):
-        return _empty(), ok
+        return _empty()
     bid_vwap, ask_vwap = _vwap(bids, n), _vwap(asks, n)
     best_bid, best_ask = bids.prices[bids.first], asks.prices[asks.first]
     sym = pa.array(symbols, pa.string()).take(pa.array(where[keep]))
@@ -491,7 +491,7 @@ def _columns(part: _Part, received_ns: I64) -> tuple[Columns, B]:
         best_ask=best_ask[keep],
         levels=levels,
     )
-    return cols, ok
+    return cols
 
 
 def _vwap(side: _Side, n: int) -> F64:

@@ -17,6 +17,7 @@ from models.errors import InvalidBookError
 from models.settings import load_settings
 from simulator import FaultConfig, ReplayConfig, ReplayThread, SimConfig, SimulatorThread, read_recording
 from stack.harness import bookfeed_command, pending_tasks, wait_until
+from tests.conftest import empty_data_tables
 from tests.services import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -42,8 +43,7 @@ def _stored(engine: Engine) -> tuple[set[tuple[object, ...]], set[str]]:
 
 
 def _replay_through_pipeline(recording: Path, redis_url: str, prefix: str, engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches"))
+    empty_data_tables(engine)
     with ReplayThread(ReplayConfig(path=recording, fast=True)) as replay:
         stop = threading.Event()
         settings = load_settings(

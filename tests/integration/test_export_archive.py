@@ -22,7 +22,7 @@ from models.coldstore import ARCHIVE_TASK, ArchiveError, DayManifest, book_path,
 from models.messages import make_batch
 from models.vocabulary import METRICS_QUEUE
 from stack.cli import main
-from tests.conftest import service_env
+from tests.conftest import empty_data_tables, service_env
 from tests.integration._frames import fixture_frames, frame
 from tests.services import start_worker, stop_process, wait_for
 from workers.archive import archive_closed_days, rearchive_days
@@ -60,8 +60,7 @@ def _frames() -> list[tuple[int, str]]:
 
 @pytest.fixture
 def books_db(own_db: Engine) -> Engine:
-    with own_db.begin() as conn:
-        conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches"))
+    empty_data_tables(own_db)
     frames = _frames()
     result = ingest_batch(own_db, make_batch(batch_id=f"export-{datetime.now(UTC).timestamp()}", frames=frames))
     assert (result.n_books, result.n_rejected) == (len(frames), 0)

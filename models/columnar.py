@@ -290,8 +290,8 @@ def _np(a: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class _Side:
     ok: B  # per book
-    offsets: I64  # per book: where its first level is in prices/qtys (the next book's for a book with none)
-    first: I64  # offsets within bounds: a book with no level points at some other book's level (it is not ok)
+    offsets: I64  # per book: where its first level is in prices/qtys (every book of a _Part has one level or more)
+    count: I64  # per book: its levels
     parent: I64  # per level: its book
     prices: I64
     qtys: I64
@@ -379,11 +379,10 @@ def _side(levels: _Levels, n: int, depth: I64) -> _Side:
     prices, qtys = ints[0::2], ints[1::2]
     bad_value = ~fine[0::2] | ~fine[1::2] | (prices <= 0) | (qtys <= 0) | (scale[0::2] != scale[1::2])
     ok &= np.bincount(level_parent[bad_value], minlength=n) == 0
-    first = np.minimum(offsets, max(len(prices) - 1, 0))
     # At most 18 (a value taken is a positive int64); a longer value's book is not taken, but its place must stay an
     # index.
     zeros = np.minimum(length - points - _np(pc.binary_length(pc.utf8_rtrim(digits, "0"))).astype(np.int64), 18)
-    return _Side(ok, offsets, first, level_parent, prices, qtys, floats[0::2], floats[1::2], zeros, scale[0::2])
+    return _Side(ok, offsets, count, level_parent, prices, qtys, floats[0::2], floats[1::2], zeros, scale[0::2])
 
 
 def _points_out(values: pa.StringArray) -> tuple[pa.StringArray, I64, I64, I64, B]:
@@ -468,7 +467,7 @@ def _columns(part: _Part, received_ns: I64) -> Columns:
     if not len(keep):
         return _empty()
     bid_vwap, ask_vwap = _vwap(bids, n), _vwap(asks, n)
-    best_bid, best_ask = bids.prices[bids.first], asks.prices[asks.first]
+    best_bid, best_ask = bids.prices[bids.offsets], asks.prices[asks.offsets]
     sym = pa.array(symbols, pa.string()).take(pa.array(where[keep]))
     levels = (
         _encoded(bids, n, keep, descending=True, price=True),
@@ -516,15 +515,14 @@ def _vwap(side: _Side, n: int) -> F64:
 def _encoded(side: _Side, n: int, keep: I64, *, descending: bool, price: bool) -> pa.Array:
     """models.encoding's column text ("k,v1,v2,...") of the books `keep`."""
     ints = side.prices if price else side.qtys
-    counts = np.diff(np.append(side.offsets, len(ints)))
-    # The fewest trailing zeros of each book's values (a sentinel past the end serves the books with no level).
+    counts = side.count
+    # The fewest trailing zeros of each book's values (every book has a level: no segment is empty).
     zeros = side.zeros[0::2] if price else side.zeros[1::2]
-    k = np.minimum.reduceat(np.append(zeros, 99), side.offsets)
+    k = np.minimum.reduceat(zeros, side.offsets)
     if price:
-        best = ints[side.first][side.parent]
+        best = ints[side.offsets][side.parent]
         values = best - ints if descending else ints - best
-        firsts = side.offsets[counts > 0]
-        values[firsts] = ints[firsts]
+        values[side.offsets] = ints[side.offsets]
     else:
         values = ints
     values = values // _POW10_I[k[side.parent]]

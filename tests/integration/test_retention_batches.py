@@ -14,6 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from models.messages import make_batch
 from models.vocabulary import WINDOWS_S
+from tests.conftest import empty_data_tables
 from tests.integration._frames import simple_book
 from workers.averages import compute_averages
 from workers.beat import averages_lag_s
@@ -30,8 +31,7 @@ D = timedelta(days=1)
 
 @pytest.fixture
 def batches_db(own_db: Engine) -> Engine:
-    with own_db.begin() as conn:
-        conn.execute(text("TRUNCATE book_snapshots, rejected_frames, ingest_batches, averages_progress"))
+    empty_data_tables(own_db)
     return own_db
 
 

@@ -11,7 +11,16 @@ from models.coldstore import ARCHIVE_TASK
 from models.errors import ConfigError
 from models.messages import transport_options
 from models.settings import get_settings
-from models.vocabulary import AVERAGES_TASK, INGEST_QUEUE, INGEST_TASK, METRICS_QUEUE, QUEUES, WINDOWS_S
+from models.vocabulary import (
+    AVERAGES_TASK,
+    INGEST_QUEUE,
+    INGEST_TASK,
+    MAINTENANCE_QUEUE,
+    METRICS_QUEUE,
+    QUEUES,
+    RETENTION_TASK,
+    WINDOWS_S,
+)
 from workers.schedules import Aligned
 
 try:
@@ -66,6 +75,7 @@ task_routes = {
     INGEST_TASK: {"queue": INGEST_QUEUE},
     AVERAGES_TASK: {"queue": METRICS_QUEUE},
     ARCHIVE_TASK: {"queue": METRICS_QUEUE},
+    RETENTION_TASK: {"queue": MAINTENANCE_QUEUE},
 }
 
 # Flower needs task events.
@@ -97,3 +107,15 @@ beat_schedule["cold-archive"] = {
     "kwargs": {},
     "options": {"expires": 3000, "queue": METRICS_QUEUE},
 }
+# Retention (workers.retention), hourly at half past, when BOOKFEED_RETENTION_DAYS is set for beat: on the
+# `maintenance` queue, which only a worker connected as the tables' owner should consume (dropping a partition is
+# DDL). Unset, nothing is sent, so no message waits on a queue nobody may consume. A run is idempotent, and one at a
+# time runs (an advisory lock: a second one, e.g. `bookfeed archive` at the same moment, does nothing).
+RETENTION_PERIOD_S = 3600
+if _settings.retention_days:
+    beat_schedule["retention"] = {
+        "task": RETENTION_TASK,
+        "schedule": Aligned(RETENTION_PERIOD_S, RETENTION_PERIOD_S / 2),
+        "kwargs": {},
+        "options": {"expires": RETENTION_PERIOD_S * 5 // 6, "queue": MAINTENANCE_QUEUE},
+    }

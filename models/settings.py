@@ -49,9 +49,12 @@ __all__ = [
 FEED, WORKER, BEAT, FLOWER, MIGRATE, UP = "feed", "worker", "beat", "flower", "migrate", "up"
 API = "api"  # `bookfeed api`, the HTTP/websocket API (api/)
 ARCHIVE = "archive"  # `bookfeed archive`: the cold archive and retention, as the tables' owner
-PROCESSES = frozenset({FEED, WORKER, BEAT, FLOWER, MIGRATE, UP, API, ARCHIVE})
-_CELERY = (WORKER, BEAT, FLOWER)  # every `celery -A workers ...` process loads celeryconfig
-_ALL = (FEED, WORKER, BEAT, FLOWER, MIGRATE, API, ARCHIVE)
+# The worker that consumes the `maintenance` queue (beat's retention task) as the tables' owner: every worker started
+# without -Q (locally, `bookfeed up`), docker-compose's `maintenance` service.
+MAINTENANCE = "maintenance"
+PROCESSES = frozenset({FEED, WORKER, BEAT, FLOWER, MIGRATE, UP, API, ARCHIVE, MAINTENANCE})
+_CELERY = (WORKER, BEAT, FLOWER, MAINTENANCE)  # every `celery -A workers ...` process loads celeryconfig
+_ALL = (FEED, WORKER, BEAT, FLOWER, MIGRATE, API, ARCHIVE, MAINTENANCE)
 
 
 def _setting(default: Any, *, used_by: tuple[str, ...], **constraints: Any) -> Any:
@@ -108,7 +111,7 @@ class Settings(BaseSettings):
 
     # Unset means "start the embedded server" for `bookfeed up`; workers and the feed require them.
     database_url: str | None = _setting(
-        None, used_by=(WORKER, BEAT, MIGRATE, API, ARCHIVE), validation_alias="DATABASE_URL"
+        None, used_by=(WORKER, BEAT, MIGRATE, API, ARCHIVE, MAINTENANCE), validation_alias="DATABASE_URL"
     )
     redis_url: str | None = _setting(None, used_by=(FEED, *_CELERY, API), validation_alias="REDIS_URL")
 
@@ -186,10 +189,11 @@ class Settings(BaseSettings):
 
     # The cold archive (opt-in): a directory or a pyarrow filesystem URI (s3://bucket/prefix) where each closed UTC
     # day is written to Parquet and verified (workers/archive.py); the API and `bookfeed export` read it for days
-    # retention dropped. Retention: `bookfeed archive` drops day partitions older than N days (only days the archive
-    # verified, when it is set).
-    archive_url: str | None = _setting(None, used_by=(WORKER, API, ARCHIVE))
-    retention_days: int | None = _setting(None, used_by=(ARCHIVE,), ge=1)
+    # retention dropped. Retention: beat's hourly task (on the `maintenance` queue) and `bookfeed archive` drop day
+    # partitions older than N days (only days the archive verified, when it is set).
+    archive_url: str | None = _setting(None, used_by=(WORKER, API, ARCHIVE, MAINTENANCE))
+    # Beat sends the retention task only when it is set; the maintenance worker reads it again.
+    retention_days: int | None = _setting(None, used_by=(BEAT, MAINTENANCE, ARCHIVE), ge=1)
 
     data_dir: Path = _setting(Path(".bookfeed"), used_by=(UP,))
     log_format: Literal["auto", "json", "text"] = _setting("auto", used_by=_ALL)

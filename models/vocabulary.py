@@ -27,10 +27,12 @@ __all__ = [
     "INGEST_TASK",
     "LIVE_REST_URL",
     "LIVE_URL",
+    "MAINTENANCE_QUEUE",
     "MAX_FRAME_BYTES",
     "MAX_LEVELS",
     "METRICS_QUEUE",
     "QUEUES",
+    "RETENTION_TASK",
     "SPEEDS",
     "WINDOWS_S",
     "Speed",
@@ -68,7 +70,12 @@ INGEST_TASK: Final = "bookfeed.ingest_batch"
 AVERAGES_TASK: Final = "bookfeed.compute_averages"
 INGEST_QUEUE: Final = "ingest"
 METRICS_QUEUE: Final = "metrics"
-QUEUES: Final = (INGEST_QUEUE, METRICS_QUEUE)
+# Retention (BOOKFEED_RETENTION_DAYS) drops partitions: DDL that only the tables' owner may run, so its task has a
+# queue of its own, consumed by a worker connected as the owner (every worker started without -Q, as locally; in
+# docker-compose the `maintenance` service), never by workers of the bookfeed_writer role.
+RETENTION_TASK: Final = "bookfeed.retention"
+MAINTENANCE_QUEUE: Final = "maintenance"
+QUEUES: Final = (INGEST_QUEUE, METRICS_QUEUE, MAINTENANCE_QUEUE)
 
 _SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
 # Binance accepts an explicit "@1000ms" too (binance-connector sends it); no suffix means 1000 ms.

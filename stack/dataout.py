@@ -19,8 +19,8 @@ from api.export import ExportFormat, ExportLayout, Progress, export_books
 from models.errors import ConfigError
 from models.settings import Settings
 from models.vocabulary import normalise_symbol
-from workers.archive import archive_closed_days, rearchive_days
-from workers.retention import apply_retention
+from workers.archive import archive_closed_days
+from workers.retention import run_retention
 
 __all__ = ["ExportOptions", "run_archive", "run_export", "utc_time"]
 
@@ -109,16 +109,16 @@ def _archive_once(settings: Settings, engine: Engine) -> list[str]:
             f"{len(r.failed)} not verified (retried next run)"
         )
     if settings.retention_days:
-        r2 = apply_retention(engine, retention_days=settings.retention_days, archive_url=settings.archive_url or None)
+        run = run_retention(engine, retention_days=settings.retention_days, archive_url=settings.archive_url or None)
+        r2 = run.retention
         kept = f", {len(r2.refused)} kept (not verified by the archive)" if r2.refused else ""
         lines.append(
             f"retention ({settings.retention_days} days): {len(r2.dropped)} days dropped{kept}, "
             f"{r2.batches_deleted} ingest batch records deleted"
         )
-        if settings.archive_url and r2.stale:
-            # Books arrived after these days were archived: archive them again, so the next run may drop them.
-            redone = rearchive_days(engine, settings.archive_url, r2.stale)
-            lines.append(f"archive: {len(redone.archived)} days archived again (books arrived after their archive)")
+        if run.rearchived:
+            # Books arrived after these days were archived: archived again, so the next run may drop them.
+            lines.append(f"archive: {len(run.rearchived)} days archived again (books arrived after their archive)")
     return lines
 
 

@@ -2,7 +2,8 @@
 (BOOKFEED_ARCHIVE_URL) only the days it verified and whose row count still equals the manifest's; and delete the
 ingest_batches rows no redelivery can need any more. Partition DDL and DELETE need the tables' owner (the role that
 runs `bookfeed migrate`): bookfeed_writer, the workers' role, may neither drop nor delete anything, so this runs
-from `bookfeed archive --retention`, never inside a worker."""
+in beat's hourly retention task on the `maintenance` queue, which only a worker connected as the owner consumes
+(workers.tasks), or from `bookfeed archive`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -17,16 +19,18 @@ from sqlalchemy.exc import DBAPIError
 from models.coldstore import ArchiveError, book_path
 from models.errors import StorageError
 from models.vocabulary import WINDOWS_S
-from workers.archive import PARTITION_DAYS_SQL, Archive
+from workers.archive import PARTITION_DAYS_SQL, Archive, rearchive_days
 
 __all__ = [
     "BATCH_CHUNK",
     "REDELIVERY_HORIZON",
     "RetentionError",
     "RetentionResult",
+    "RetentionRun",
     "apply_retention",
     "prune_batches",
     "retention_cutoff",
+    "run_retention",
 ]
 
 logger = logging.getLogger(__name__)
@@ -36,6 +40,10 @@ _STALE = "archive stale"
 # Late inserts into a day being dropped wait (SHARE lock) instead of landing in a table about to go; ingest of
 # other days waits for the parent's lock at most this long, then this run gives up and the next one retries.
 _LOCK_TIMEOUT = "5s"
+# One retention run at a time per database (as workers.archive's own lock): a second one would wait on a partition
+# the first is dropping and then fail on a table that no longer exists.
+_TRY_LOCK_SQL = text("SELECT pg_try_advisory_lock(hashtext('bookfeed_retention'))")
+_UNLOCK_SQL = text("SELECT pg_advisory_unlock(hashtext('bookfeed_retention'))")
 
 # An ingest_batches row is what makes a redelivered batch a no-op (workers.storage.claim_batch), so it must outlive
 # every delivery of its batch. Nothing in Redis expires: a batch stored but still in the outbox (its worker died
@@ -227,3 +235,42 @@ def apply_retention(
                 stale.append(day)
     deleted = prune_batches(engine, cutoff=cutoff, now=now)
     return RetentionResult(tuple(dropped), tuple(refused), tuple(stale), deleted)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRun:
+    """One retention run: what apply_retention did, and the stale days archived again."""
+
+    retention: RetentionResult
+    rearchived: tuple[date, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (a Celery task's result)."""
+        r = self.retention
+        return {
+            "dropped": [d.isoformat() for d in r.dropped],
+            "kept": [d.isoformat() for d in r.refused],
+            "rearchived": [d.isoformat() for d in self.rearchived],
+            "batches_deleted": r.batches_deleted,
+        }
+
+
+def run_retention(
+    engine: Engine, *, retention_days: int, archive_url: str | None, now: datetime | None = None
+) -> RetentionRun:
+    """apply_retention, then archive again the days it kept as stale (books arrived after their archive), so that
+    the next run may drop them: what beat's hourly task and `bookfeed archive` run. Idempotent. One run at a time per
+    database (a session advisory lock): a run that finds it taken (beat's task and `bookfeed archive` at once) does
+    nothing. Raises RetentionError when the role is not the tables' owner."""
+    with engine.connect() as lock:
+        if not lock.execute(_TRY_LOCK_SQL).scalar_one():
+            logger.info("retention: another run holds the lock; nothing done")
+            return RetentionRun(RetentionResult((), ()))
+        try:
+            result = apply_retention(engine, retention_days=retention_days, archive_url=archive_url, now=now)
+            if not (archive_url and result.stale):
+                return RetentionRun(result)
+            return RetentionRun(result, rearchive_days(engine, archive_url, result.stale).archived)
+        finally:
+            lock.execute(_UNLOCK_SQL)
+            lock.commit()

@@ -15,13 +15,14 @@ from celery.exceptions import Reject, Retry
 from models.coldstore import ARCHIVE_TASK
 from models.errors import TransientStorageError
 from models.settings import get_settings
-from models.vocabulary import AVERAGES_TASK, INGEST_TASK
+from models.vocabulary import AVERAGES_TASK, INGEST_TASK, RETENTION_TASK
 from workers import averages
 from workers.app import app, get_engine
 from workers.archive import archive_closed_days
 from workers.deliveries import DeliveryCounter, Limits, RetryLater, Tries, deliver
 from workers.envelope import batch_key
 from workers.outbox import Outbox, Ref, reference
+from workers.retention import RetentionResult, RetentionRun, run_retention
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +148,26 @@ def archive_days() -> dict[str, list[str]]:
     result = archive_closed_days(get_engine(), url)
     logger.info("archive run", extra={"n_days": len(result.archived), "failed": len(result.failed)})
     return result.as_dict()
+
+
+@app.task(name=RETENTION_TASK)
+def retention() -> dict[str, Any]:
+    """Drop the day partitions older than BOOKFEED_RETENTION_DAYS (only days the archive verified when
+    BOOKFEED_ARCHIVE_URL is set) and the ingest_batches rows no redelivery can need: workers.retention.run_retention.
+    Beat sends it hourly on the `maintenance` queue; it needs the tables' owner, so a worker of the bookfeed_writer
+    role fails it with RetentionError (logged, shown as failed in Flower) and drops nothing."""
+    s = get_settings()
+    if not s.retention_days:
+        logger.warning("retention task received but BOOKFEED_RETENTION_DAYS is unset in this worker: nothing dropped")
+        return RetentionRun(RetentionResult((), ())).as_dict()
+    run = run_retention(get_engine(), retention_days=s.retention_days, archive_url=s.archive_url or None)
+    r = run.retention
+    logger.info(
+        "retention (%d days): %d days dropped, %d kept, %d ingest batch records deleted",
+        s.retention_days,
+        len(r.dropped),
+        len(r.refused),
+        r.batches_deleted,
+        extra={"n_days": len(r.dropped), "n_rows": r.batches_deleted},
+    )
+    return run.as_dict()

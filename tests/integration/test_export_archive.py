@@ -20,14 +20,14 @@ from api.export import export_books, tardis_columns
 from feed.broker import broker_app
 from models.coldstore import ARCHIVE_TASK, ArchiveError, DayManifest, book_path, manifest_path
 from models.messages import make_batch
-from models.vocabulary import METRICS_QUEUE
+from models.vocabulary import MAINTENANCE_QUEUE, METRICS_QUEUE, RETENTION_TASK
 from stack.cli import main
 from tests.conftest import empty_data_tables, service_env
 from tests.integration._frames import fixture_frames, frame
 from tests.services import start_worker, stop_process, wait_for
 from workers.archive import archive_closed_days, rearchive_days
 from workers.ingest import ingest_batch
-from workers.retention import RetentionError, apply_retention
+from workers.retention import RetentionError, apply_retention, run_retention
 
 pytestmark = pytest.mark.integration
 
@@ -303,6 +303,48 @@ def test_the_archive_task_runs_in_a_worker(
         stop_process(proc)
     manifest = DayManifest.from_json((archive / manifest_path(OLD_DAY)).read_text())
     assert manifest.total_rows == _day_count(books_db, OLD_DAY)
+
+
+def test_beats_retention_task_runs_in_a_worker_of_the_owner(
+    books_db: Engine, redis_url: str, broker_prefix: str, tmp_path: Path
+) -> None:
+    """The hourly retention task through a real `celery worker` on every queue (as `bookfeed up` starts it, the
+    `maintenance` queue included), connected as the tables' owner with BOOKFEED_RETENTION_DAYS and the archive in its
+    environment, on a key prefix of its own: the two old days, archived, are dropped; the recent one stays."""
+    archive = tmp_path / "archive"
+    archive_closed_days(books_db, str(archive), now=NOW)  # the hourly archive task's part (the test above)
+    prefix = f"{broker_prefix}retention:"
+    url = books_db.url.render_as_string(hide_password=False)
+    env = service_env(
+        url,
+        redis_url,
+        BOOKFEED_BROKER_KEY_PREFIX=prefix,
+        BOOKFEED_ARCHIVE_URL=str(archive),
+        BOOKFEED_RETENTION_DAYS="3",
+    )
+    log = tmp_path / "worker.log"
+    hot = _day_count(books_db, HOT_DAY)
+    proc = start_worker(env, log, concurrency=1, name="maintenance")
+    try:
+        broker_app(redis_url, key_prefix=prefix, name="test").send_task(RETENTION_TASK, queue=MAINTENANCE_QUEUE)
+        wait_for(lambda: "days dropped" in log.read_text(), 60, "the retention task ran")
+    finally:
+        stop_process(proc)
+    assert "retention (3 days): 2 days dropped, 0 kept" in log.read_text()
+    counts = [_day_count(books_db, day) for day in (OLDER_DAY, OLD_DAY, HOT_DAY)]
+    assert counts == [0, 0, hot]
+
+
+def test_one_retention_run_at_a_time(books_db: Engine) -> None:
+    with books_db.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(hashtext('bookfeed_retention'))"))
+        assert run_retention(books_db, retention_days=3, archive_url=None, now=NOW).retention.dropped == ()
+        other.execute(text("SELECT pg_advisory_unlock(hashtext('bookfeed_retention'))"))
+    assert _day_count(books_db, OLD_DAY) > 0
+    assert run_retention(books_db, retention_days=3, archive_url=None, now=NOW).retention.dropped == (
+        OLDER_DAY,
+        OLD_DAY,
+    )
 
 
 def test_a_book_arriving_after_its_day_was_dropped_joins_the_archive(books_db: Engine, tmp_path: Path) -> None:

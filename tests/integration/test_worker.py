@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 from feed.broker import broker_app, make_celery_sender
 from feed.outage import PendingBatch
 from models.messages import make_batch
-from models.vocabulary import AVERAGES_TASK, METRICS_QUEUE
+from models.vocabulary import AVERAGES_TASK, MAINTENANCE_QUEUE, METRICS_QUEUE, RETENTION_TASK
 from tests.conftest import service_env
 from tests.integration._frames import simple_book
 from tests.services import start_process, stop_process, wait_for
@@ -76,10 +76,11 @@ def test_averages_task_runs_in_the_worker(clean_db: Engine, redis_url: str, brok
     assert _count(clean_db, "SELECT sum(samples) FROM price_averages WHERE window_seconds = 60") == 40
 
 
-def test_a_worker_started_without_queue_options_serves_both_queues(
+def test_a_worker_started_without_queue_options_serves_every_queue(
     clean_db: Engine, database_url: str, redis_url: str, broker_prefix: str, tmp_path: Path
 ) -> None:
-    # `celery -A workers worker` as Celery's documentation starts it: no -Q. Averages must still be computed.
+    # `celery -A workers worker` as Celery's documentation starts it: no -Q. Averages must still be computed, and
+    # beat's retention task reaches it (here without BOOKFEED_RETENTION_DAYS: it says so and drops nothing).
     prefix = f"{broker_prefix}plain:"
     log = tmp_path / "worker.log"
     name = f"plain-{uuid.uuid4().hex[:6]}@%h"
@@ -94,6 +95,8 @@ def test_a_worker_started_without_queue_options_serves_both_queues(
         app = broker_app(redis_url, key_prefix=prefix, name="test")
         app.send_task(AVERAGES_TASK, kwargs={"window_s": 60}, queue=METRICS_QUEUE)
         wait_for(lambda: _count(clean_db, "SELECT count(*) FROM price_averages") == 1, 30, "averages computed")
+        app.send_task(RETENTION_TASK, queue=MAINTENANCE_QUEUE)
+        wait_for(lambda: "BOOKFEED_RETENTION_DAYS is unset" in log.read_text(), 30, "the retention task taken")
     finally:
         stop_process(proc)
 

@@ -30,10 +30,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 FEEDS = ("feed-0", "feed-1")  # the feed shards
-OUR_SERVICES = {"migrate", "worker", "beat", *FEEDS, "flower", "simulator", "api", "archive"}
+OUR_SERVICES = {"migrate", "worker", "beat", *FEEDS, "flower", "simulator", "api", "maintenance"}
 MONITORING = {"prometheus", "grafana", "node-exporter"}  # the `monitoring` profile
 SERVICES = OUR_SERVICES | {"redis", "postgres"} | MONITORING
-PROFILES = {"simulator": ["sim"], "archive": ["archive"], **{name: ["monitoring"] for name in MONITORING}}
+PROFILES = {"simulator": ["sim"], **{name: ["monitoring"] for name in MONITORING}}
 HEALTHY = "service_healthy"
 COMPLETED = "service_completed_successfully"
 
@@ -145,7 +145,7 @@ def test_depends_on_conditions(services: dict[str, dict[str, Any]]) -> None:
         **dict.fromkeys(FEEDS, broker_and_schema),
         "flower": {"redis": HEALTHY},
         "api": broker_and_schema,
-        "archive": {"migrate": COMPLETED},
+        "maintenance": broker_and_schema,
     }
     actual = {
         name: {dep: spec["condition"] for dep, spec in svc["depends_on"].items()}
@@ -188,7 +188,7 @@ def test_redis_requires_a_password_and_every_client_sends_it(services: dict[str,
     health = " ".join(redis["healthcheck"]["test"])
     assert "REDISCLI_AUTH=" in health and "$${REDIS_PASSWORD}" in health  # $$: read in the container, not by compose
     clients = {name for name, svc in services.items() if "REDIS_URL" in (svc.get("environment") or {})}
-    assert clients == {"worker", "beat", *FEEDS, "flower", "api"}
+    assert clients == {"worker", "beat", *FEEDS, "flower", "api", "maintenance"}
     for name in clients:
         url = services[name]["environment"]["REDIS_URL"]
         assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/\d+", url), f"{name}: {url}"
@@ -227,7 +227,8 @@ def test_feed_shards_split_the_symbols_with_the_same_settings(services: dict[str
 
 
 def test_optional_services_are_in_their_profiles(services: dict[str, dict[str, Any]]) -> None:
-    # `docker compose up` runs the pipeline; the simulator, the archive and monitoring are opt-in profiles.
+    # `docker compose up` runs the pipeline (retention included, idle while unset); the simulator and monitoring are
+    # opt-in profiles.
     assert {name: svc["profiles"] for name, svc in services.items() if "profiles" in svc} == PROFILES
 
 
@@ -250,10 +251,12 @@ def test_database_password_reaches_only_the_services_that_use_the_database(
     services: dict[str, dict[str, Any]],
 ) -> None:
     with_db = {name for name, svc in services.items() if "DATABASE_URL" in svc.get("environment", {})}
-    assert with_db == {"migrate", "worker", "beat", "api", "archive"}
-    # The API reads as the analysts' login (the views only); retention drops partitions, so the archive is the owner.
+    assert with_db == {"migrate", "worker", "beat", "api", "maintenance"}
+    # The API reads as the analysts' login (the views only); retention drops partitions, so the worker that runs it
+    # (the only one on the maintenance queue) is the owner.
     assert services["api"]["environment"]["DATABASE_URL"].startswith("postgresql://bookfeed_analyst:")
-    assert services["archive"]["environment"]["DATABASE_URL"] == services["migrate"]["environment"]["DATABASE_URL"]
+    owner = services["migrate"]["environment"]["DATABASE_URL"]
+    assert services["maintenance"]["environment"]["DATABASE_URL"] == owner
     # Beat only reads (its averages staleness warning): the workers' least-privilege login, not the owner.
     assert services["beat"]["environment"]["DATABASE_URL"] == services["worker"]["environment"]["DATABASE_URL"]
 
@@ -321,7 +324,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
 def test_bookfeed_subcommands_exist(services: dict[str, dict[str, Any]]) -> None:
     parser = _build_parser()
     commands = _commands(services, "bookfeed")
-    assert set(commands) == {"migrate", *FEEDS, "simulator", "api", "archive"}
+    assert set(commands) == {"migrate", *FEEDS, "simulator", "api"}
     assert {argv[1] for argv in commands.values()} <= _subcommands(parser)
     for name, argv in commands.items():
         try:
@@ -340,6 +343,7 @@ def test_celery_services_target_the_app(services: dict[str, dict[str, Any]]) -> 
         "worker": ["-A", "workers", "worker"],
         "beat": ["-A", "workers", "beat"],
         "flower": ["-A", "workers", "flower"],
+        "maintenance": ["-A", "workers", "worker"],
     }
     assert isinstance(workers.celery, Celery)
 
@@ -403,12 +407,61 @@ def test_beat_runs_one_averages_task_per_window(celeryconfig: ModuleType) -> Non
     assert not due[30] & due[60]
 
 
-def test_workers_consume_every_routed_queue(services: dict[str, dict[str, Any]], celeryconfig: ModuleType) -> None:
-    argv = _commands(services, "celery")["worker"]
-    queues = set(argv[argv.index("-Q") + 1].split(","))
-    routed = {route["queue"] for route in celeryconfig.task_routes.values()}
-    scheduled = {entry["options"]["queue"] for entry in celeryconfig.beat_schedule.values()}
-    assert routed | scheduled | {celeryconfig.task_default_queue} <= queues
+def _queues(argv: list[str]) -> set[str]:
+    return set(argv[argv.index("-Q") + 1].split(","))
+
+
+def test_workers_consume_every_routed_queue(
+    services: dict[str, dict[str, Any]], celeryconfig_retention: ModuleType
+) -> None:
+    from models.vocabulary import MAINTENANCE_QUEUE
+
+    commands = _commands(services, "celery")
+    worker, maintenance = _queues(commands["worker"]), _queues(commands["maintenance"])
+    routed = {route["queue"] for route in celeryconfig_retention.task_routes.values()}
+    scheduled = {entry["options"]["queue"] for entry in celeryconfig_retention.beat_schedule.values()}
+    assert routed | scheduled | {celeryconfig_retention.task_default_queue} <= worker | maintenance
+    # Retention drops partitions: only the owner's worker consumes its queue, and it consumes nothing else.
+    assert maintenance == {MAINTENANCE_QUEUE} and MAINTENANCE_QUEUE not in worker
+    assert "--concurrency=1" in commands["maintenance"]
+
+
+def test_beat_sends_no_retention_task_while_retention_is_unset(celeryconfig: ModuleType) -> None:
+    # Nothing would consume it but the maintenance worker: no message may wait on its queue for nothing.
+    assert not os.environ.get("BOOKFEED_RETENTION_DAYS")
+    assert "retention" not in celeryconfig.beat_schedule
+
+
+def test_beat_sends_retention_hourly_to_the_maintenance_queue(celeryconfig_retention: ModuleType) -> None:
+    from models.vocabulary import MAINTENANCE_QUEUE, RETENTION_TASK
+
+    entry = celeryconfig_retention.beat_schedule["retention"]
+    assert (entry["task"], entry["options"]["queue"], entry["schedule"].period_s) == (
+        RETENTION_TASK,
+        MAINTENANCE_QUEUE,
+        3600.0,
+    )
+    assert celeryconfig_retention.task_routes[RETENTION_TASK] == {"queue": MAINTENANCE_QUEUE}
+    # At half past each hour, away from the hourly archive's and the averages' instants; dropped if not started
+    # within the hour.
+    assert entry["schedule"].next_after(0.0) == 1800.0 and 0 < entry["options"]["expires"] < 3600
+
+
+@pytest.fixture
+def celeryconfig_retention(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """celeryconfig as beat loads it with BOOKFEED_RETENTION_DAYS set (reloaded; reloaded again without it after)."""
+    from models.settings import get_settings
+
+    if not os.environ.get("REDIS_URL"):
+        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("BOOKFEED_RETENTION_DAYS", "30")
+    get_settings.cache_clear()
+    module = importlib.reload(importlib.import_module("celeryconfig"))
+    yield module
+    monkeypatch.delenv("BOOKFEED_RETENTION_DAYS")
+    get_settings.cache_clear()
+    importlib.reload(module)
+    get_settings.cache_clear()
 
 
 def test_beat_schedule_tasks_are_registered(celeryconfig: ModuleType) -> None:

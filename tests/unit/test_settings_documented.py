@@ -30,7 +30,7 @@ SERVICE_PROCESS = {
     "flower": "flower",
     "migrate": "migrate",
     "api": "api",
-    "archive": "archive",
+    "maintenance": "maintenance",
 }
 
 FIELDS = sorted(Settings.model_fields)

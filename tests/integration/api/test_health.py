@@ -80,7 +80,7 @@ def test_health_reports_the_queues_and_the_newest_books(
         client.delete(*redis_keys(prefix).queues, *OutboxKeys(prefix).enqueue_keys())
         client.delete(*(prefix + STATS_PREFIX + feed_id for feed_id in feeds))
         client.close()
-    assert body["queues"] == workers_view.depth == {"ingest": 2, "metrics": 0}
+    assert body["queues"] == workers_view.depth == {"ingest": 2, "metrics": 0, "maintenance": 0}
     assert body["queue_depth"] == sum(workers_view.depth.values()) + workers_view.unacked == 2
     assert body["outbox"] == workers_view.outbox == 2 and body["unacked"] == 0
     assert body["oldest_batch_age_s"] >= 100

@@ -66,16 +66,19 @@ _MAX_NS = 2**63  # times past 2262 do not fit an int64 of ns: parse_frame takes 
 _SPLIT = 8  # a batch the reader refuses is read again in this many parts, down to the frames it refuses
 # A frame spelled as Binance spells it, once its digits and points are taken out: compact, these keys in this order, a
 # stream name of lower-case letters and '@', one level or more a side, values that are strings of digits and points.
-# Such frames are cut into tokens at ',', ':' and line ends once their quotes and brackets are gone (`_tokenize`).
+# Such frames are cut at their quotes (`_tokenize`).
 _TEMPLATE = re.compile(
     rb'\{"stream":"[a-z@]*","data":\{"lastUpdateId":,"bids":\[((?:\["",""\],)*\["",""\])\],'
     rb'"asks":\[((?:\["",""\],)*\["",""\])\]\}\}'
 )
 _TEMPLATE_LINE = re.compile(_TEMPLATE.pattern + rb"\n")
 _NUMERALS = b"0123456789."
-_PUNCTUATION = b'"[]{}'
-_SEPARATORS = bytes.maketrans(b":\n", b",,")  # tokens end at ',', ':' and line ends: all made ','
-_FIXED_TOKENS = 7  # per frame: "stream", the name, "data", "lastUpdateId", the id, "bids", "asks"
+_SLICE = 1 << 18  # bytes of the batch searched at once (`_positions`)
+_FIXED_STRINGS = 6  # per frame: "stream", the name, "data", "lastUpdateId", "bids", "asks"
+# The bytes of a frame's line (its end included) that are not its name's, its id's or its values' are those of the
+# template's line with no name and no level and 8n - 1 a side of n levels (`["",""]` and commas): this many, and 4 a
+# value (2n values a side).
+_TEMPLATE_BYTES = len(b'{"stream":"","data":{"lastUpdateId":,"bids":[],"asks":[]}}\n') - 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +215,9 @@ def _read(frames: Sequence[tuple[int, str]], idx: list[int], tables: list[pa.Tab
 
 def _tokenize(frames: Sequence[tuple[int, str]], idx: list[int], parts: list[_Part]) -> list[int]:
     """Read the frames `idx` that fit `_TEMPLATE` without a JSON parser, into a `_Part`; returns the others, for
-    `_read`. With the template checked, every token is a key, the stream's name, the id or a value, each at a place
-    the level counts give, and every value is a string of digits and points of a pair, one pair or more a side."""
+    `_read`. With the template checked, every string is a key, the stream's name or a value, each at a place the
+    level counts give, every value is a string of digits and points of a pair, one pair or more a side, and the id is
+    between "lastUpdateId" and "bids"; digits and points anywhere else leave the frame to the JSON reader."""
     if not idx:
         return []
     try:
@@ -238,18 +242,20 @@ def _tokenize(frames: Sequence[tuple[int, str]], idx: list[int], parts: list[_Pa
     # A side of n levels is 8n - 1 bytes of the template (`["",""]` and commas): 2n values.
     bid_values = (np.array([m.end(1) - m.start(1) for m in matches], dtype=np.int64) + 1) // 4
     ask_values = (np.array([m.end(2) - m.start(2) for m in matches], dtype=np.int64) + 1) // 4
-    text = np.frombuffer(blob.translate(_SEPARATORS, _PUNCTUATION), dtype=np.uint8)
-    cut = text == ord(",")
-    ends = np.flatnonzero(cut)
-    count = _FIXED_TOKENS + bid_values + ask_values
-    if len(ends) != int(count.sum()) or len(text) >= 2**31:
-        return idx  # cannot be, the template admits no other separator; the JSON reader decides
-    offsets = np.empty(len(ends) + 1, dtype=np.int32)
-    offsets[0] = 0
-    offsets[1:] = ends - np.arange(len(ends))
-    tokens = pa.StringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(text[~cut]))
-    first = np.cumsum(count) - count
-    ids = tokens.take(pa.array(first + 4))
+    # The blob's quotes are the skeleton's: the text of string s is between quotes 2s and 2s + 1. As segments of
+    # the blob itself (no copy), segment 2s is that text and segment 2s + 1 what lies between it and the next one.
+    if len(blob) >= 2**31:
+        return idx  # more than string offsets can hold: the JSON reader decides
+    bounds = _positions(blob, ord('"'))
+    strings = _FIXED_STRINGS + bid_values + ask_values
+    if len(bounds) != 2 * int(strings.sum()):
+        return idx  # cannot be, the template admits no other quote; the JSON reader decides
+    bounds[0::2] += 1
+    segments = pa.StringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), pa.py_buffer(blob))
+    # Each frame's strings: "stream", the name, "data", "lastUpdateId", "bids", the bid values, "asks", the ask
+    # values; the id is in the segment after "lastUpdateId", `":` id `,"`.
+    first = 2 * (np.cumsum(strings) - strings)
+    ids = pc.utf8_slice_codeunits(segments.take(pa.array(first + 7)), 2, -2)
     # A JSON integer: digits, no leading zero; the template lets points and empty ids through.
     id_len = _np(pc.binary_length(ids)).astype(np.int64)
     plain = (
@@ -261,19 +267,42 @@ def _tokenize(frames: Sequence[tuple[int, str]], idx: list[int], parts: list[_Pa
             | ((id_len == len(_MAX_INT64)) & _np(pc.less_equal(ids, _MAX_INT64)).astype(np.bool_))
         )
     )
+
+    def side(at: I64, n: I64) -> tuple[_Levels, I64]:
+        """The values of one side, the n of each frame from its segment `at` on (every other one: the strings),
+        and their bytes per frame."""
+        start = np.cumsum(n) - n
+        values = segments.take(pa.array(np.repeat(at - 2 * start, n) + 2 * np.arange(int(n.sum()))))
+        offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[: len(values) + 1]
+        per_frame: I64 = np.diff(offsets[np.append(start, len(values))]).astype(np.int64)
+        return _Levels(values, n // 2, digits_and_points=True), per_frame
+
+    bids, bid_bytes = side(first + 10, bid_values)
+    asks, ask_bytes = side(first + 12 + 2 * bid_values, ask_values)
+    stream = segments.take(pa.array(first + 2))
+    name_len = _np(pc.binary_length(stream)).astype(np.int64)
+    # The template was matched with every digit and point taken out, wherever they were: those of a frame must all be
+    # in its name, its id and its values (one anywhere else is no JSON, or another key, or another value), its other
+    # bytes the template's alone.
+    lines = np.array([len(frames[i][1]) + 1 for i in idx], dtype=np.int64)  # ASCII, as the template is
+    plain &= lines - name_len - id_len - bid_bytes - ask_bytes == _TEMPLATE_BYTES + 4 * (bid_values + ask_values)
     if not plain.all():
         fit = [i for i, ok in zip(idx, plain.tolist(), strict=True) if ok]
         return [i for i, ok in zip(idx, plain.tolist(), strict=True) if not ok] + _tokenize(frames, fit, parts)
-
-    def side(at: I64, n: I64) -> _Levels:
-        """The values of one side: the n of each frame from its token `at` on."""
-        where = np.repeat(at - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-        return _Levels(tokens.take(where), n // 2, digits_and_points=True)
-
     luid = _np(pc.cast(ids, pa.int64())).astype(np.int64)
-    bids, asks = side(first + 6, bid_values), side(first + 7 + bid_values, ask_values)
-    parts.append(_Part(list(idx), tokens.take(pa.array(first + 1)), luid, bids, asks))
+    parts.append(_Part(list(idx), stream, luid, bids, asks))
     return []
+
+
+def _positions(data: bytes, byte: int) -> npt.NDArray[np.int32]:
+    """Where `byte` is in `data` (of less than 2^31 bytes), in order. Found a slice at a time, so that the temporaries
+    stay small: those of a whole batch (a flag a byte, and 8 bytes a position) grew glibc's heap past its trim
+    threshold, to be given back at the end of every batch and faulted in again (about 1,000 page faults a batch of
+    1,000 frames)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    return np.concatenate(
+        [np.flatnonzero(raw[k : k + _SLICE] == byte).astype(np.int32) + k for k in range(0, len(raw), _SLICE)]
+    )
 
 
 def _empty() -> Columns:
@@ -360,18 +389,19 @@ def _side(levels: _Levels, n: int, depth: I64) -> _Side:
     widest = length == _MAX_CHARS
     if widest.any():
         fine[widest] &= _np(pc.less_equal(digits.take(pa.array(np.flatnonzero(widest))), _MAX_INT64)).astype(np.bool_)
-    ints = np.zeros(len(values), dtype=np.int64)
-    floats = np.zeros(len(values), dtype=np.float64)
-    if fine.all():
-        ints[:] = _np(pc.cast(digits, pa.int64()))
-    else:  # only what the grammar admits; the others' books fail below
-        ints[fine] = _np(pc.cast(digits.take(pa.array(np.flatnonzero(fine))), pa.int64()))
     # float() of each value without reading text again (Clinger's fast path): an integer of at most 2^53 and a power
     # of ten of at most 10^22 are both exact in binary64, so their IEEE quotient is the correctly rounded value of
     # the decimal, which float() gives. The few longer values are cast from their text.
-    small = fine & (ints <= _EXACT_INT)
-    floats[small] = ints[small] / _POW10_F[scale[small]]
-    big = fine & ~small
+    if fine.all():  # the common case, without masks (the quotients of the longer values are replaced below)
+        ints: I64 = _np(pc.cast(digits, pa.int64()))
+        floats: F64 = ints / _POW10_F[scale]
+    else:  # only what the grammar admits; the others' books fail below
+        ints = np.zeros(len(values), dtype=np.int64)
+        ints[fine] = _np(pc.cast(digits.take(pa.array(np.flatnonzero(fine))), pa.int64()))
+        floats = np.zeros(len(values), dtype=np.float64)
+        small = fine & (ints <= _EXACT_INT)
+        floats[small] = ints[small] / _POW10_F[scale[small]]
+    big = fine & (ints > _EXACT_INT)
     if big.any():
         floats[big] = _np(pc.cast(values.take(pa.array(np.flatnonzero(big))), pa.float64()))
     level_parent = np.repeat(np.arange(n), count)
@@ -411,7 +441,12 @@ def _points_out(values: pa.StringArray) -> tuple[pa.StringArray, I64, I64, I64, 
         points = np.diff(before)
         point = np.where(points > 0, np.append(at, -1)[before[:-1]] - starts, -1)
         kept = (offsets - before).astype(np.int32)
-    digits = pa.StringArray.from_buffers(n, pa.py_buffer(kept), pa.py_buffer(data[~is_point]))
+    # The bytes that are not points: Arrow's filter copies the runs between them, where a numpy mask goes byte by byte.
+    bytes_kept = pa.BooleanArray.from_buffers(
+        pa.bool_(), len(data), [None, pa.py_buffer(np.packbits(~is_point, bitorder="little"))]
+    )
+    kept_data = pc.filter(pa.Array.from_buffers(pa.uint8(), len(data), [None, pa.py_buffer(data)]), bytes_kept)
+    digits = pa.StringArray.from_buffers(n, pa.py_buffer(kept), kept_data.buffers()[1])
     length = ends - starts
     zero_first = np.zeros(n, dtype=np.bool_)
     if len(data):  # an empty value's place may be past the end: its byte is not looked at
@@ -469,11 +504,14 @@ def _columns(part: _Part, received_ns: I64) -> Columns:
     bid_vwap, ask_vwap = _vwap(bids, n), _vwap(asks, n)
     best_bid, best_ask = bids.prices[bids.offsets], asks.prices[asks.offsets]
     sym = pa.array(symbols, pa.string()).take(pa.array(where[keep]))
-    levels = (
-        _encoded(bids, n, keep, descending=True, price=True),
-        _encoded(bids, n, keep, descending=True, price=False),
-        _encoded(asks, n, keep, descending=False, price=True),
-        _encoded(asks, n, keep, descending=False, price=False),
+    levels = _encoded(
+        [
+            _scaled(bids, keep, descending=True, price=True),
+            _scaled(bids, keep, descending=True, price=False),
+            _scaled(asks, keep, descending=False, price=True),
+            _scaled(asks, keep, descending=False, price=False),
+        ],
+        counts=(bids.count[keep], asks.count[keep]),
     )
     cols = Columns(
         taken=keep.tolist(),
@@ -512,8 +550,8 @@ def _vwap(side: _Side, n: int) -> F64:
     return out
 
 
-def _encoded(side: _Side, n: int, keep: I64, *, descending: bool, price: bool) -> pa.Array:
-    """models.encoding's column text ("k,v1,v2,...") of the books `keep`."""
+def _scaled(side: _Side, keep: I64, *, descending: bool, price: bool) -> I64:
+    """The integers of models.encoding's column text of the books `keep`: per book k, then its values."""
     ints = side.prices if price else side.qtys
     counts = side.count
     # The fewest trailing zeros of each book's values (every book has a level: no segment is empty).
@@ -534,7 +572,18 @@ def _encoded(side: _Side, n: int, keep: I64, *, descending: bool, price: bool) -
         - np.repeat(np.cumsum(counts[keep]) - counts[keep], counts[keep])
         + np.repeat(starts, counts[keep])
     )
-    text = pa.array(values[level_idx]).cast(pa.string())
-    new_offsets = np.concatenate(([0], np.cumsum(counts[keep]))).astype(np.int32)
-    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(new_offsets), text), ",")
-    return pc.binary_join_element_wise(pa.array(k[keep]).cast(pa.string()), joined, ",")
+    out: I64 = np.insert(values[level_idx], np.cumsum(counts[keep]) - counts[keep], k[keep])
+    return out
+
+
+def _encoded(columns: list[I64], *, counts: tuple[I64, I64]) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
+    """models.encoding's column text ("k,v1,v2,...") of the `_scaled` columns (bid prices, bid quantities, ask
+    prices, ask quantities; `counts`: the levels per book of each side): every integer cast to text in one go."""
+    text = pa.array(np.concatenate(columns)).cast(pa.string())
+    out = []
+    start = 0
+    for column, count in zip(columns, (counts[0], counts[0], counts[1], counts[1]), strict=True):
+        offsets = np.concatenate(([start], start + np.cumsum(count + 1))).astype(np.int32)
+        out.append(pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), text), ","))
+        start += len(column)
+    return out[0], out[1], out[2], out[3]

@@ -386,3 +386,36 @@ def test_points_are_taken_out_as_arrow_replace_and_find_would() -> None:
         assert point.tolist() == pc.find_substring(plain, ".").to_pylist()
         assert points.tolist() == [v.count(".") for v in plain.to_pylist()]
         assert zero_first.tolist() == [v.startswith("0") for v in plain.to_pylist()]
+
+
+def test_digits_and_points_outside_the_values_id_and_name_go_to_the_json_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The template is matched with every digit and point taken out, so it cannot see where they were: one in a key,
+    around the id, between the strings or after the frame makes another key, another value or no JSON at all. The
+    tokenizer leaves such frames to the JSON reader (which refuses them all); the results are the per-frame path's."""
+    read_by_reader = _given_to_the_json_reader(monkeypatch)
+    rnd = random.Random(31)
+    data = _book(rnd, levels=3)
+    good = _frame(data)
+    luid = f'"lastUpdateId":{data["lastUpdateId"]},'
+    stray = [
+        good.replace('{"stream"', '{5"stream"'),
+        good.replace('"stream"', '"str1eam"'),
+        good.replace('"data"', '"da.ta"'),
+        good.replace(luid, luid.replace(":", "1:")),
+        good.replace(luid, luid.replace(",", ",7")),
+        good.replace('"bids":[', '"bids":5['),
+        good.replace('"bids":[[', '"bids":[[.'),
+        good.replace('"],["', '"]5,["', 1),
+        good.replace('","', '"9,"', 3),
+        good.replace('"asks":[[', '"asks":[[0'),
+        good + "1",
+    ]
+    assert len(set(stray)) == len(stray) and good not in stray
+    frames = []
+    for k, bad in enumerate(stray):
+        frames += [_frame(_book(rnd)), bad] if k % 2 else [bad, _frame(_book(rnd))]
+    batch = assert_same(frames)
+    assert batch.columns is not None and len(batch.columns) == len(stray)
+    assert sorted(read_by_reader) == [2 * k + k % 2 for k in range(len(stray))]

@@ -504,15 +504,7 @@ def _columns(part: _Part, received_ns: I64) -> Columns:
     bid_vwap, ask_vwap = _vwap(bids, n), _vwap(asks, n)
     best_bid, best_ask = bids.prices[bids.offsets], asks.prices[asks.offsets]
     sym = pa.array(symbols, pa.string()).take(pa.array(where[keep]))
-    levels = _encoded(
-        [
-            _scaled(bids, keep, descending=True, price=True),
-            _scaled(bids, keep, descending=True, price=False),
-            _scaled(asks, keep, descending=False, price=True),
-            _scaled(asks, keep, descending=False, price=False),
-        ],
-        counts=(bids.count[keep], asks.count[keep]),
-    )
+    levels = _encoded(bids, asks, keep)
     cols = Columns(
         taken=keep.tolist(),
         received_ns=received_ns[keep],
@@ -550,40 +542,42 @@ def _vwap(side: _Side, n: int) -> F64:
     return out
 
 
-def _scaled(side: _Side, keep: I64, *, descending: bool, price: bool) -> I64:
-    """The integers of models.encoding's column text of the books `keep`: per book k, then its values."""
-    ints = side.prices if price else side.qtys
-    counts = side.count
-    # The fewest trailing zeros of each book's values (every book has a level: no segment is empty).
-    zeros = side.zeros[0::2] if price else side.zeros[1::2]
-    k = np.minimum.reduceat(zeros, side.offsets)
-    if price:
-        best = ints[side.offsets][side.parent]
-        values = best - ints if descending else ints - best
-        values[side.offsets] = ints[side.offsets]
-    else:
-        values = ints
-    values = values // _POW10_I[k[side.parent]]
-    # Only the books kept: their levels, in order.
-    sel = np.repeat(keep, counts[keep]) if len(keep) else np.zeros(0, dtype=np.int64)
-    starts = side.offsets[keep]
-    level_idx = (
-        np.arange(len(sel))
-        - np.repeat(np.cumsum(counts[keep]) - counts[keep], counts[keep])
-        + np.repeat(starts, counts[keep])
-    )
-    out: I64 = np.insert(values[level_idx], np.cumsum(counts[keep]) - counts[keep], k[keep])
-    return out
-
-
-def _encoded(columns: list[I64], *, counts: tuple[I64, I64]) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
-    """models.encoding's column text ("k,v1,v2,...") of the `_scaled` columns (bid prices, bid quantities, ask
-    prices, ask quantities; `counts`: the levels per book of each side): every integer cast to text in one go."""
-    text = pa.array(np.concatenate(columns)).cast(pa.string())
-    out = []
+def _encoded(bids: _Side, asks: _Side, keep: I64) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
+    """models.encoding's column text ("k,v1,v2,...") of the books `keep`: bid prices, bid quantities, ask prices, ask
+    quantities. k is the fewest trailing zeros of the book's values in that column, each value is over 10^k, and the
+    prices after the first are their distances from it. The four columns' integers are written straight to their
+    places in one array (no insert, which sorts and masks, and one set of places a side) and cast to text in one go."""
+    sides = ((bids, True), (asks, False))
+    ints = np.empty(sum(2 * (int(side.count[keep].sum()) + len(keep)) for side, _ in sides), dtype=np.int64)
+    offsets: list[npt.NDArray[np.int32]] = []
     start = 0
-    for column, count in zip(columns, (counts[0], counts[0], counts[1], counts[1]), strict=True):
-        offsets = np.concatenate(([start], start + np.cumsum(count + 1))).astype(np.int32)
-        out.append(pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), text), ","))
-        start += len(column)
+    for side, descending in sides:
+        level: I64 | None = None  # the side's levels of the books kept, in order; None: all of them
+        if len(keep) == len(side.count):  # every book (the common case): the side's levels as they are
+            count, book = side.count, side.parent
+        else:
+            count = side.count[keep]
+            book = np.repeat(np.arange(len(keep)), count)
+            level = np.arange(len(book)) - (np.cumsum(count) - count)[book] + side.offsets[keep][book]
+        # Each book's text in its column: its k, then its values.
+        at_k = np.cumsum(count + 1) - (count + 1)
+        at_v = np.arange(len(book)) + book + 1
+        text_offsets = np.append(at_k, len(book) + len(count)).astype(np.int32)
+        for price in (True, False):
+            # The fewest trailing zeros of each book's values (every book has a level: no segment is empty).
+            k = np.minimum.reduceat(side.zeros[0::2] if price else side.zeros[1::2], side.offsets)
+            if price:
+                best = side.prices[side.offsets]
+                values = best[side.parent] - side.prices if descending else side.prices - best[side.parent]
+                values[side.offsets] = best
+            else:
+                values = side.qtys
+            values = values // _POW10_I[k[side.parent]]
+            column = ints[start : start + len(book) + len(count)]
+            column[at_k] = k if level is None else k[keep]
+            column[at_v] = values if level is None else values[level]
+            offsets.append(text_offsets + start)
+            start += len(column)
+    text = pa.array(ints).cast(pa.string())
+    out = [pc.binary_join(pa.ListArray.from_arrays(pa.array(o), text), ",") for o in offsets]
     return out[0], out[1], out[2], out[3]

@@ -442,8 +442,7 @@ def test_beat_sends_retention_hourly_to_the_maintenance_queue(celeryconfig_reten
         3600.0,
     )
     assert celeryconfig_retention.task_routes[RETENTION_TASK] == {"queue": MAINTENANCE_QUEUE}
-    # At half past each hour, away from the hourly archive's and the averages' instants; dropped if not started
-    # within the hour.
+    # At half past each hour on the clock; dropped if it could not start within the hour.
     assert entry["schedule"].next_after(0.0) == 1800.0 and 0 < entry["options"]["expires"] < 3600
 
 
@@ -464,13 +463,14 @@ def celeryconfig_retention(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleTy
     get_settings.cache_clear()
 
 
-def test_beat_schedule_tasks_are_registered(celeryconfig: ModuleType) -> None:
+def test_beat_schedule_tasks_are_registered(celeryconfig_retention: ModuleType) -> None:
+    """Every task beat sends (retention too, as beat schedules it when set) is one the workers have."""
     import workers
     import workers.tasks  # registers the tasks; needs no broker connection
-    from models.vocabulary import INGEST_TASK
+    from models.vocabulary import INGEST_TASK, RETENTION_TASK
 
-    scheduled = {entry["task"] for entry in celeryconfig.beat_schedule.values()}
-    assert scheduled
+    scheduled = {entry["task"] for entry in celeryconfig_retention.beat_schedule.values()}
+    assert RETENTION_TASK in scheduled
     assert scheduled | {INGEST_TASK} <= set(workers.celery.tasks)
 
 

@@ -18,7 +18,7 @@ from feed.service import read_feed_stats
 from models.errors import InvalidBookError
 from models.feedstats import feed_problems, live_stats
 from models.settings import Settings
-from models.vocabulary import EXCHANGE, WINDOWS_S, parse_stream_name
+from models.vocabulary import EXCHANGE, INGEST_QUEUE, WINDOWS_S, parse_stream_name
 from workers.metrics import queue_state
 
 __all__ = ["DEGRADED", "DOWN", "HEALTHY", "STATES", "Status", "SymbolStatus", "check_status", "format_status"]
@@ -104,10 +104,13 @@ def stale_after_s(settings: Settings, interval_ms: int | None = None) -> float:
 
 
 def ping_workers(settings: Settings, timeout_s: float = 1.0) -> int:
-    """Celery workers that answer a ping within `timeout_s` (every node of the broker and key prefix)."""
+    """Celery workers of the broker and key prefix that consume the ingest queue and answer within `timeout_s` (a
+    broadcast, as a ping, asking each node its queues): a node on the `maintenance` queue alone (docker-compose's
+    retention worker) stores nothing, so it does not count."""
     app = broker_app(settings.require_redis_url(), key_prefix=settings.broker_key_prefix, name="bookfeed-status")
     try:
-        return len(app.control.ping(timeout=timeout_s) or [])
+        replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
+        return sum(any(q.get("name") == INGEST_QUEUE for q in queues or ()) for queues in replies.values())
     finally:
         app.close()
 
@@ -162,7 +165,7 @@ def check_status(
         else:
             out["workers_alive"] = alive
             if not alive:
-                found.add(DOWN, "no Celery worker answers a ping")
+                found.add(DOWN, "no Celery worker of the ingest queue answers a ping")
     code = max((c for c, _ in found.problems), default=HEALTHY)
     return Status(code=code, problems=tuple(p for _, p in found.problems), stale_after_s=stale_after_s(settings), **out)
 

@@ -1,22 +1,28 @@
-"""stack.status and workers.metrics.queue_state against real PostgreSQL and Redis (no feed or worker running):
-unreachable services make the status down, the queues and the oldest waiting batch are read from the outbox, and
+"""stack.status and workers.metrics.queue_state against real PostgreSQL and Redis (no feed running, and a worker
+only where a test starts one): unreachable services make the status down, a worker on the maintenance queue alone
+is not counted alive, the queues and the oldest waiting batch are read from the outbox, and
 the report's symbols, gaps and thresholds come from the views and the feeds' stats."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import Engine, create_engine
 
+from feed.broker import broker_app
 from feed.service import STATS_PREFIX
 from models.settings import Settings
-from stack.status import DEGRADED, DOWN, check_status
-from tests.conftest import BROKER_PREFIX
+from models.vocabulary import MAINTENANCE_QUEUE
+from stack.status import DEGRADED, DOWN, check_status, ping_workers
+from tests.conftest import BROKER_PREFIX, service_env
+from tests.services import start_process, stop_process
 from workers.metrics import queue_state
 from workers.outbox import OutboxKeys
 
@@ -62,6 +68,25 @@ def test_queue_state_reads_depths_and_the_oldest_waiting_batch(redis_url: str, p
     assert 89 < state.oldest_age_s() < 600
 
 
+def test_a_worker_on_the_maintenance_queue_alone_is_not_counted_alive(
+    database_url: str, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """docker-compose's retention worker stores nothing: while it is the only node, no worker stores books, and
+    `bookfeed status` must say so (down) instead of counting it."""
+    s = Settings(redis_url=redis_url, database_url=database_url, broker_key_prefix=prefix)
+    args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", MAINTENANCE_QUEUE, "-c", "1"]
+    args += ["-n", f"maintenance-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"]
+    env = service_env(database_url, redis_url, BOOKFEED_BROKER_KEY_PREFIX=prefix)
+    proc = start_process(args, env, tmp_path / "worker.log", ready=b"ready.", what="worker")
+    try:
+        app = broker_app(redis_url, key_prefix=prefix, name="test")
+        assert len(app.control.ping(timeout=2.0) or []) == 1  # it is there, and answers
+        app.close()
+        assert ping_workers(s, timeout_s=2.0) == 0
+    finally:
+        stop_process(proc)
+
+
 def test_status_reports_feeds_symbols_and_no_worker(
     clean_db: Engine, database_url: str, redis_url: str, prefix: str
 ) -> None:
@@ -78,7 +103,7 @@ def test_status_reports_feeds_symbols_and_no_worker(
     assert status.code == DOWN
     assert status.feeds == 1 and status.workers_alive == 0
     problems = "\n".join(status.problems)
-    assert "no Celery worker answers a ping" in problems
+    assert "no Celery worker of the ingest queue answers a ping" in problems
     assert "feed f1 has no live connection" in problems
     assert "the oldest waiting batch is 60 s old" in problems
     assert "SOLUSDT (nothing stored)" in problems
@@ -109,4 +134,4 @@ def test_live_view_shows_the_status_warning_in_one_redrawn_frame(clean_db: Engin
     assert printed == [] and len(frames) == 2
     warning = [line for line in frames[0] if "WARNING" in line]
     assert warning and warning[0].strip().startswith("WARNING status down: ")
-    assert "no Celery worker answers a ping" in warning[0]
+    assert "no Celery worker of the ingest queue answers a ping" in warning[0]

@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "archive_closed_days",
     "archive_day",
     "closed_days",
+    "one_run_at_a_time",
     "rearchive_days",
 ]
 
@@ -83,8 +85,23 @@ PARTITION_DAYS_SQL = text(
 )
 
 
-_TRY_LOCK_SQL = text("SELECT pg_try_advisory_lock(hashtext('bookfeed_archive'))")
-_UNLOCK_SQL = text("SELECT pg_advisory_unlock(hashtext('bookfeed_archive'))")
+_TRY_LOCK_SQL = text("SELECT pg_try_advisory_lock(hashtext(:name))")
+_UNLOCK_SQL = text("SELECT pg_advisory_unlock(hashtext(:name))")
+
+
+@contextmanager
+def one_run_at_a_time(engine: Engine, name: str) -> Iterator[bool]:
+    """A session advisory lock on hashtext(`name`), tried once: yields True while this run holds it (released at the
+    end), False when another run holds it (the caller then does nothing)."""
+    with engine.connect() as lock:
+        if not lock.execute(_TRY_LOCK_SQL, {"name": name}).scalar_one():
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.execute(_UNLOCK_SQL, {"name": name})
+            lock.commit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,25 +302,21 @@ def archive_closed_days(
     archived: list[date] = []
     skipped: list[date] = []
     failed: list[date] = []
-    with engine.connect() as lock:
-        if not lock.execute(_TRY_LOCK_SQL).scalar_one():
+    with one_run_at_a_time(engine, "bookfeed_archive") as mine:
+        if not mine:
             logger.info("archive: another run holds the lock; nothing done")
             return ArchiveResult((), (), ())
-        try:
-            verified = archive.verified_days()
-            for day in closed_days(engine, now or datetime.now(UTC)):
-                if day in verified and day not in redo:
-                    skipped.append(day)
-                    continue
-                try:
-                    archive_day(engine, archive, day)
-                    archived.append(day)
-                except ArchiveError as exc:
-                    logger.warning("%s; retried next run", exc, extra={"day": day.isoformat()})
-                    failed.append(day)
-        finally:
-            lock.execute(_UNLOCK_SQL)
-            lock.commit()
+        verified = archive.verified_days()
+        for day in closed_days(engine, now or datetime.now(UTC)):
+            if day in verified and day not in redo:
+                skipped.append(day)
+                continue
+            try:
+                archive_day(engine, archive, day)
+                archived.append(day)
+            except ArchiveError as exc:
+                logger.warning("%s; retried next run", exc, extra={"day": day.isoformat()})
+                failed.append(day)
     return ArchiveResult(tuple(archived), tuple(skipped), tuple(failed))
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from models.coldstore import ArchiveError, book_path
 from models.errors import StorageError
 from models.vocabulary import WINDOWS_S
-from workers.archive import PARTITION_DAYS_SQL, Archive, rearchive_days
+from workers.archive import PARTITION_DAYS_SQL, Archive, one_run_at_a_time, rearchive_days
 
 __all__ = [
     "BATCH_CHUNK",
@@ -40,10 +40,9 @@ _STALE = "archive stale"
 # Late inserts into a day being dropped wait (SHARE lock) instead of landing in a table about to go; ingest of
 # other days waits for the parent's lock at most this long, then this run gives up and the next one retries.
 _LOCK_TIMEOUT = "5s"
-# One retention run at a time per database (as workers.archive's own lock): a second one would wait on a partition
-# the first is dropping and then fail on a table that no longer exists.
-_TRY_LOCK_SQL = text("SELECT pg_try_advisory_lock(hashtext('bookfeed_retention'))")
-_UNLOCK_SQL = text("SELECT pg_advisory_unlock(hashtext('bookfeed_retention'))")
+# One retention run at a time per database (as the archive's): a second one would wait on a partition the first is
+# dropping and then fail on a table that no longer exists.
+_LOCK_NAME = "bookfeed_retention"
 
 # An ingest_batches row is what makes a redelivered batch a no-op (workers.storage.claim_batch), so it must outlive
 # every delivery of its batch. Nothing in Redis expires: a batch stored but still in the outbox (its worker died
@@ -262,15 +261,11 @@ def run_retention(
     the next run may drop them: what beat's hourly task and `bookfeed archive` run. Idempotent. One run at a time per
     database (a session advisory lock): a run that finds it taken (beat's task and `bookfeed archive` at once) does
     nothing. Raises RetentionError when the role is not the tables' owner."""
-    with engine.connect() as lock:
-        if not lock.execute(_TRY_LOCK_SQL).scalar_one():
+    with one_run_at_a_time(engine, _LOCK_NAME) as mine:
+        if not mine:
             logger.info("retention: another run holds the lock; nothing done")
             return RetentionRun(RetentionResult((), ()))
-        try:
-            result = apply_retention(engine, retention_days=retention_days, archive_url=archive_url, now=now)
-            if not (archive_url and result.stale):
-                return RetentionRun(result)
-            return RetentionRun(result, rearchive_days(engine, archive_url, result.stale).archived)
-        finally:
-            lock.execute(_UNLOCK_SQL)
-            lock.commit()
+        result = apply_retention(engine, retention_days=retention_days, archive_url=archive_url, now=now)
+        if not (archive_url and result.stale):
+            return RetentionRun(result)
+        return RetentionRun(result, rearchive_days(engine, archive_url, result.stale).archived)

@@ -9,6 +9,7 @@ PipelineError
 └── StorageError                     PostgreSQL side
     ├── DuplicateRowError            a row with the same identity is stored already
     ├── PartitionRefusedError        a day too far from now for a partition (the function's own refusal)
+    ├── MissingPartitionError        a row's day has no partition (one was dropped since it was made)
     └── TransientStorageError        connection lost, server restarting: retry later
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "FeedError",
     "InvalidBookError",
     "MalformedPayloadError",
+    "MissingPartitionError",
     "PartitionRefusedError",
     "PipelineError",
     "RetriesExhaustedError",
@@ -72,6 +74,11 @@ class DuplicateRowError(StorageError):
 
 class PartitionRefusedError(StorageError):
     """bookfeed_ensure_partition refused a day (SQLSTATE 22008: outside today - 3650 .. today + 2)."""
+
+
+class MissingPartitionError(StorageError):
+    """A row's day has no partition of book_snapshots: one known to exist was dropped since (by hand, or the
+    database re-created under running workers). Making the partition again and writing again succeeds."""
 
 
 class TransientStorageError(StorageError):

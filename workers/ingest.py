@@ -13,7 +13,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from models.errors import DuplicateRowError, PartitionRefusedError, StorageError, TransientStorageError
+from models.errors import (
+    DuplicateRowError,
+    MissingPartitionError,
+    PartitionRefusedError,
+    StorageError,
+    TransientStorageError,
+)
 from workers import live, storage
 from workers.envelope import ParsedBatch, excerpt, parse_batch, refused_rows
 from workers.storage import Rejected
@@ -53,8 +59,17 @@ def ingest_batch(engine: Engine, payload: Any, *, frame_by_frame: bool = False) 
     `frame_by_frame` goes to that path at once (a batch that failed or killed its worker before)."""
     t0 = time.perf_counter()
     batch = _with_partitions(engine, parse_batch(payload, fast=not frame_by_frame), payload)
+    store = _store_one_by_one if frame_by_frame else _store
     try:
-        counts = _store_one_by_one(engine, batch) if frame_by_frame else _store(engine, batch)
+        try:
+            counts = store(engine, batch)
+        except MissingPartitionError as exc:
+            # A partition this process knew was dropped since (by hand, or the database re-created under running
+            # workers): forget the partitions it knew, make the batch's again, and write it once more.
+            logger.warning("batch %s: %s; making its partitions again", batch.batch_id, exc)
+            _known_days.pop(str(engine.url), None)
+            batch = _with_partitions(engine, batch, payload)
+            counts = store(engine, batch)
     except TransientStorageError:
         raise
     except StorageError as exc:
@@ -170,8 +185,8 @@ def _store_one_by_one(engine: Engine, batch: ParsedBatch) -> tuple[int, int] | N
                     storage.insert_books_skipping_duplicates(conn, storage.to_rows([item], exchange=batch.exchange))
                 kept += 1
                 stored.append(item)
-            except TransientStorageError:
-                raise
+            except (TransientStorageError, MissingPartitionError):
+                raise  # not the book's fault: the batch is retried (ingest_batch makes the partition again)
             except StorageError as exc:
                 rejected.append(Rejected(item[0].received_ns, f"database refused the book: {exc}", raw))
         storage.insert_rejected(conn, rejected, exchange=batch.exchange, batch_id=batch.batch_id)

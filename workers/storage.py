@@ -26,7 +26,13 @@ from sqlalchemy import exc as sa_exc
 from models.book import BookSnapshot
 from models.columnar import Columns
 from models.encoding import encode_levels, encode_uniform
-from models.errors import DuplicateRowError, PartitionRefusedError, StorageError, TransientStorageError
+from models.errors import (
+    DuplicateRowError,
+    MissingPartitionError,
+    PartitionRefusedError,
+    StorageError,
+    TransientStorageError,
+)
 from models.metrics import BookMetrics
 from models.tables import book_snapshots
 
@@ -270,13 +276,27 @@ def _copy_source(cur: Any, rows: Sequence[str | bytes]) -> io.BytesIO:
     return io.BytesIO(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
+@contextlib.contextmanager
+def _missing_partitions() -> Iterator[None]:
+    """PostgreSQL's "no partition of relation ... found for row" as MissingPartitionError: a check violation that
+    names book_snapshots and no constraint (in any server language; a constraint or a trigger's RAISE on a partition
+    names another table or none); other errors pass."""
+    try:
+        yield
+    except psycopg2.errors.CheckViolation as e:
+        if e.diag.constraint_name is None and e.diag.table_name == book_snapshots.name:
+            raise MissingPartitionError(_first_line(e)) from e
+        raise
+
+
 def copy_books(conn: Connection, *rows: str | bytes) -> None:
     """COPY rows (from `to_rows` and `columns_to_rows`, in that order) straight into book_snapshots. Raises
     DuplicateRowError when a frame is stored already (the COPY is then void: run it in a savepoint, and use
-    `insert_books_skipping_duplicates`)."""
+    `insert_books_skipping_duplicates`), MissingPartitionError when a row's day has no partition."""
     cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cur.copy_expert(_COPY_SQL, _copy_source(cur, rows), size=_COPY_CHUNK)
+        with _missing_partitions():
+            cur.copy_expert(_COPY_SQL, _copy_source(cur, rows), size=_COPY_CHUNK)
     except psycopg2.errors.UniqueViolation as e:
         raise DuplicateRowError(_first_line(e)) from e
     finally:
@@ -284,7 +304,8 @@ def copy_books(conn: Connection, *rows: str | bytes) -> None:
 
 
 def insert_books_skipping_duplicates(conn: Connection, *rows: str | bytes) -> int:
-    """COPY into a per-connection staging table, then insert what is not stored yet. Returns rows inserted."""
+    """COPY into a per-connection staging table, then insert what is not stored yet. Returns rows inserted; raises
+    MissingPartitionError when a row's day has no partition."""
     cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         # A TEMP table made once per connection and emptied at commit: no shared staging table to bloat or lock.
@@ -293,9 +314,10 @@ def insert_books_skipping_duplicates(conn: Connection, *rows: str | bytes) -> in
             "ON COMMIT DELETE ROWS"
         )
         cur.copy_expert(f"COPY {_STAGE} ({_COLUMNS}) FROM STDIN", _copy_source(cur, rows), size=_COPY_CHUNK)
-        cur.execute(
-            f"INSERT INTO {book_snapshots.name} ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGE} ON CONFLICT DO NOTHING"
-        )
+        with _missing_partitions():
+            cur.execute(
+                f"INSERT INTO {book_snapshots.name} ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGE} ON CONFLICT DO NOTHING"
+            )
         inserted: int = cur.rowcount
         cur.execute(f"TRUNCATE {_STAGE}")
         return inserted

@@ -6,7 +6,9 @@ Each test sends two valid frames beside one kind of bad field, straight through 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -278,3 +280,21 @@ def test_other_partition_errors_are_raised_not_turned_into_rejections(broken_par
     with pytest.raises(StorageError, match="something else went wrong"):
         ingest_batch(broken_partition_function, batch_with([far, simple_book(5, luid=9)]))
     assert books(broken_partition_function) == [] and rejected(broken_partition_function) == []
+
+
+@pytest.mark.parametrize("frame_by_frame", [False, True], ids=["batch", "frame-by-frame"])
+def test_a_partition_dropped_under_a_running_worker_is_made_again_not_a_reason_to_reject(
+    clean_db: Engine, frame_by_frame: bool
+) -> None:
+    # Today's partition is one this process trusts once it made it; dropped behind its back (by hand, or a database
+    # re-created under running workers), the next batch of today makes it again and is stored, nothing rejected.
+    now = time.time_ns()
+    first = make_batch(batch_id="before-drop", frames=[(now, simple_book(100, luid=1))])
+    assert ingest_batch(clean_db, first).n_books == 1
+    day = datetime.fromtimestamp(now // 10**9, UTC).strftime("%Y%m%d")
+    with clean_db.begin() as conn:
+        conn.execute(text(f"DROP TABLE book_snapshots_p{day}"))
+    second = make_batch(batch_id="after-drop", frames=[(now + 1, simple_book(101, luid=2))])
+    result = ingest_batch(clean_db, second, frame_by_frame=frame_by_frame)
+    assert (result.n_books, result.n_rejected) == (1, 0)
+    assert books(clean_db) == [2] and rejected(clean_db) == []

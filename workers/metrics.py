@@ -48,7 +48,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _STORE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _DB_SIZE_EVERY_S = 60.0  # pg_database_size walks the data directory: not at every scrape
-_OLDEST_LOOKED_AT = 5  # outbox entries read for the oldest waiting batch (a gap-only batch carries no frame)
+# Outbox entries read for the oldest waiting frame: a feed (re)starts with a few batches of gaps only (no frame).
+_OLDEST_LOOKED_AT = 32
 _FIRST_FRAME = re.compile(r'"frames":\s*\[\s*\[\s*(\d+)')
 # The head of each batch's payload (its first frame's received_ns is in the first few hundred bytes).
 _HEADS_LUA = """

@@ -68,6 +68,23 @@ def test_queue_state_reads_depths_and_the_oldest_waiting_batch(redis_url: str, p
     assert 89 < state.oldest_age_s() < 600
 
 
+def test_the_oldest_waiting_frame_is_found_behind_a_feeds_first_gap_only_batches(redis_url: str, prefix: str) -> None:
+    # A feed (re)started with many streams opens with several batches that carry only its "feed started" gaps.
+    client = redis.Redis.from_url(redis_url)
+    keys = OutboxKeys(prefix)
+    ns = time.time_ns() - 60 * 10**9
+    for i in range(12):
+        client.zadd(keys.seq, {f"g{i}": i})
+        client.hset(
+            keys.payload, f"g{i}", json.dumps({"v": 1, "exchange": "binance", "batch_id": f"g{i}", "frames": []})
+        )
+    client.zadd(keys.seq, {"b": 12})
+    client.hset(keys.payload, "b", json.dumps({"v": 1, "exchange": "binance", "batch_id": "b", "frames": [[ns, "x"]]}))
+    state = queue_state(client, prefix)
+    client.close()
+    assert state.outbox == 13 and state.oldest_received_ns == ns
+
+
 def test_a_worker_on_the_maintenance_queue_alone_is_not_counted_alive(
     database_url: str, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:

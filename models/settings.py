@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     # Workers and beat.
     averages_grace_s: float = _setting(5.0, used_by=(WORKER,), ge=0)
     averages_lookback_s: float = _setting(600.0, used_by=(WORKER,), gt=0)
+    # A closed window waits for books still queued (received in it) while they are at most this old; 0: never.
+    averages_queue_wait_s: float = _setting(120.0, used_by=(WORKER,), ge=0)
     ingest_max_retries: int = _setting(30, used_by=(WORKER,), ge=0)  # PostgreSQL-unavailable retries of one batch
     ingest_poison_retries: int = _setting(3, used_by=(WORKER,), ge=0)  # retries after an unexpected error
     # Deliveries of one batch (counted in Redis, so a batch that kills its worker is counted too) before it is

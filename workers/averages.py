@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 from models.metrics import closed_range, window_start
 from workers import storage
 
-__all__ = ["AveragesResult", "compute_averages"]
+__all__ = ["AveragesResult", "compute_averages", "queued_from"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,22 @@ class AveragesResult:
 
 
 def compute_averages(
-    engine: Engine, *, window_s: int, now_s: float, grace_s: float, lookback_s: float
+    engine: Engine,
+    *,
+    window_s: int,
+    now_s: float,
+    grace_s: float,
+    lookback_s: float,
+    queued_from_s: float | None = None,
 ) -> AveragesResult:
     """Upsert every closed `window_s` window that may have changed; returns the range covered, in epoch seconds.
     avg_price = arithmetic mean of `price` over the uncrossed two-sided books received in the window; samples =
     their count; a window without such a book has no row. Raises TransientStorageError when PostgreSQL is down.
+
+    `queued_from_s`: the receive time of the oldest frame still waiting to be stored (None: nothing waits, or not
+    worth waiting for). Windows ending after it are left to a later run: computed now they would miss those books,
+    show a partial average for a while and be scanned again once the books arrive (draining a backlog, every run
+    would rescan every window it covers).
 
     What may have changed: the windows closed since the previous run, and the windows that got rows or gaps from
     transactions the previous run's snapshot did not see (a backlog, a redelivery, a batch that committed while
@@ -120,7 +131,8 @@ def compute_averages(
             from_s = done_to
         if late is not None:
             from_s = min(from_s, float(late))
-        lo, to_s = closed_range(from_s=from_s, now_s=now_s, window_s=window_s, grace_s=grace_s)
+        closing_s = now_s if queued_from_s is None else min(now_s, queued_from_s + grace_s)
+        lo, to_s = closed_range(from_s=from_s, now_s=closing_s, window_s=window_s, grace_s=grace_s)
         if done_to is not None and to_s < done_to:  # a task run late: the snapshot it records covers all done
             to_s = int(done_to)
             lo = min(window_start(from_s, window_s), to_s)
@@ -139,6 +151,17 @@ def compute_averages(
             {"w": window_s, "to": to_s, "now": now_s, "snapshot": snapshot},
         )
     return AveragesResult(window_s=window_s, from_s=lo, to_s=to_s, n_windows=n)
+
+
+def queued_from(oldest_received_ns: int | None, *, now_s: float, wait_s: float) -> float | None:
+    """The `queued_from_s` for compute_averages: the oldest queued frame's receive time (epoch s) while it was
+    received at most `wait_s` ago, else None. Past that (a backlog longer than `wait_s`, a batch stuck in its
+    retries) windows are computed as they are and again when their books arrive: the queue never holds the
+    averages more than `wait_s` behind."""
+    if oldest_received_ns is None:
+        return None
+    oldest_s = oldest_received_ns / 1e9
+    return oldest_s if oldest_s >= now_s - wait_s else None
 
 
 def now_s() -> float:

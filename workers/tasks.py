@@ -21,6 +21,7 @@ from workers.app import app, get_engine
 from workers.archive import archive_closed_days
 from workers.deliveries import DeliveryCounter, Limits, RetryLater, Tries, deliver
 from workers.envelope import batch_key
+from workers.metrics import queue_state
 from workers.outbox import Outbox, Ref, reference
 from workers.retention import RetentionResult, RetentionRun, run_retention
 
@@ -125,17 +126,33 @@ def _retry(task: Task, later: RetryLater) -> None:
 
 @app.task(name=AVERAGES_TASK, autoretry_for=(TransientStorageError,), retry_backoff=5, max_retries=3)
 def compute_averages(window_s: int, now_s: float | None = None, grace_s: float | None = None) -> dict[str, Any]:
-    """Upsert the closed `window_s` average-price windows (30 and 60 from beat)."""
+    """Upsert the closed `window_s` average-price windows (30 and 60 from beat); windows whose books still wait in
+    the queue are left for a later run (up to BOOKFEED_AVERAGES_QUEUE_WAIT_S)."""
     s = get_settings()
+    now = averages.now_s() if now_s is None else now_s
     result = averages.compute_averages(
         get_engine(),
         window_s=window_s,
-        now_s=averages.now_s() if now_s is None else now_s,
+        now_s=now,
         grace_s=s.averages_grace_s if grace_s is None else grace_s,
         lookback_s=s.averages_lookback_s,
+        queued_from_s=_queued_from_s(now, s.averages_queue_wait_s),
     )
     logger.info("averages computed", extra=result.as_dict())
     return result.as_dict()
+
+
+def _queued_from_s(now_s: float, wait_s: float) -> float | None:
+    """The receive time of the oldest frame waiting in the outbox, for the averages to wait for; None when nothing
+    waits, Redis does not answer (the averages do not wait on a broker in trouble) or wait_s is 0."""
+    if wait_s <= 0:
+        return None
+    try:
+        state = queue_state(_OUTBOX.redis(), _S.broker_key_prefix)
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("cannot read the queue (%s); averages computed without waiting for queued books", exc)
+        return None
+    return averages.queued_from(state.oldest_received_ns, now_s=now_s, wait_s=wait_s)
 
 
 @app.task(name=ARCHIVE_TASK)

@@ -131,3 +131,18 @@ def test_a_batch_committed_while_a_run_computed_is_counted_by_the_next_run(clean
     # Committed after that run's snapshot; the next run, with nothing newly closed, corrects the window.
     compute_averages(clean_db, window_s=30, now_s=S + 100, grace_s=5, lookback_s=60)
     assert _prices(clean_db, 30)[start][1] == 2
+
+
+def test_windows_whose_books_still_wait_in_the_queue_are_left_for_a_later_run(clean_db: Engine) -> None:
+    # Books every 5 s over S .. S+180 stored, except those from S+95 on, still queued (a backlog draining).
+    frames = [((S + 5 * k) * NS, simple_book(100 + k % 7, luid=k)) for k in range(19)]  # S .. S+90
+    ingest_batch(clean_db, make_batch(batch_id="stored", frames=frames))
+    first = compute_averages(clean_db, window_s=30, now_s=S + 200, grace_s=5, lookback_s=600, queued_from_s=S + 95)
+    # S+90 .. S+120 holds a queued book: it and every later window wait; the three before it are whole.
+    assert set(_prices(clean_db, 30)) == {S, S + 30, S + 60} and first.to_s == S + 90
+    queued = [((S + 5 * k) * NS, simple_book(100 + k % 7, luid=k)) for k in range(19, 37)]  # S+95 .. S+180
+    ingest_batch(clean_db, make_batch(batch_id="drained", frames=queued))
+    second = compute_averages(clean_db, window_s=30, now_s=S + 200, grace_s=5, lookback_s=600)
+    assert second.from_s == S + 90 and second.to_s == S + 180  # the waiting windows, once, not the three before
+    got = _prices(clean_db, 30)
+    assert set(got) == {S + 30 * i for i in range(6)} and all(samples == 6 for _, samples in got.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -21,6 +22,8 @@ from tests.integration._frames import simple_book
 from tests.services import start_process, stop_process, wait_for
 from workers.beat import check_averages
 from workers.deliveries import delivery_key
+from workers.ingest import ingest_batch
+from workers.outbox import OutboxKeys
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +77,33 @@ def test_averages_task_runs_in_the_worker(clean_db: Engine, redis_url: str, brok
         app.send_task(AVERAGES_TASK, kwargs={"window_s": w}, queue=METRICS_QUEUE)
     wait_for(lambda: _count(clean_db, "SELECT count(*) FROM price_averages") == 4 + 2)
     assert _count(clean_db, "SELECT sum(samples) FROM price_averages WHERE window_seconds = 60") == 40
+
+
+def test_the_averages_task_leaves_windows_whose_books_still_wait_in_the_queue(
+    clean_db: Engine, redis_url: str, broker_prefix: str, worker: Path
+) -> None:
+    t = (int(time.time()) // 30 - 4) * 30  # four windows ago, aligned: t, t+30 and t+60 are closed
+    stored = [((t + k) * NS, simple_book(100, luid=k)) for k in range(0, 90, 3)]
+    ingest_batch(clean_db, make_batch(batch_id="stored", frames=stored))
+    # A batch of t+61 still in the outbox (a backlog draining; nothing consumes this entry).
+    rd = redis.Redis.from_url(redis_url)
+    keys = OutboxKeys(broker_prefix)
+    queued = {"v": 1, "exchange": "binance", "batch_id": "queued", "frames": [[(t + 61) * NS, "x"]]}
+    rd.zadd(keys.seq, {"queued": 0})
+    rd.hset(keys.payload, "queued", json.dumps(queued))
+    app = broker_app(redis_url, key_prefix=broker_prefix, name="test")
+    windows = "SELECT count(*) FROM price_averages WHERE window_seconds = 30"
+    try:
+        app.send_task(AVERAGES_TASK, kwargs={"window_s": 30}, queue=METRICS_QUEUE)
+        wait_for(lambda: _count(clean_db, windows) == 2, 30, "the windows before the queued book")
+        # Committed in the same transaction as those two: the window of the queued book was left for later.
+        assert _count(clean_db, f"{windows} AND window_start = to_timestamp({t + 60})") == 0
+    finally:
+        rd.zrem(keys.seq, "queued")
+        rd.hdel(keys.payload, "queued")
+        rd.close()
+    app.send_task(AVERAGES_TASK, kwargs={"window_s": 30}, queue=METRICS_QUEUE)
+    wait_for(lambda: _count(clean_db, windows) == 3, 30, "the window once nothing waits")
 
 
 def test_a_worker_started_without_queue_options_serves_every_queue(
